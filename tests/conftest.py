@@ -1,0 +1,59 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Notebooks under tests/fixtures are grading fixtures, not notebooks to run with nbval.
+collect_ignore_glob = ["fixtures/*"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def tiny_llama_config(kind: str = "gqa", **overrides):
+    """Random tiny Llama-family configs: 'mha', 'gqa' (Llama), 'mistral', 'qwen2'."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=8, max_position_embeddings=64, tie_word_embeddings=False)
+    if kind == "mha":
+        cfg = LlamaConfig(num_key_value_heads=8, **common)
+    elif kind == "gqa":
+        cfg = LlamaConfig(num_key_value_heads=2, **common)
+    elif kind == "mistral":
+        cfg = MistralConfig(num_key_value_heads=2, sliding_window=None, **common)
+    elif kind == "qwen2":
+        cfg = Qwen2Config(num_key_value_heads=4, **common)
+    else:
+        raise ValueError(kind)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def tiny_model(kind: str = "gqa", seed: int = 0, **overrides):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_llama_config(kind, **overrides))
+    # random non-trivial biases for Qwen2 so bias slicing is exercised
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Linear) and mod.bias is not None:
+                mod.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_models():
+    return {k: tiny_model(k) for k in ("mha", "gqa", "mistral", "qwen2")}

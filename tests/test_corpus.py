@@ -1,0 +1,71 @@
+import hashlib
+
+import pytest
+
+from course_lib import corpus
+from course_lib.corpus import Rng, generate_story, split_text
+
+# SHA-256 of split_text("eval"): the course's yardstick must be byte-identical everywhere.
+EVAL_SHA256 = "e78644b4d6ef37d78927a3f6b9ad190ebc15ae45e891803056d608d11d7ff490"
+
+
+def test_eval_split_is_byte_identical():
+    text = split_text("eval")
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == EVAL_SHA256
+
+
+def test_splitmix64_reference_values():
+    # First outputs of SplitMix64 seeded with 0 (reference values of the published algorithm).
+    rng = Rng(0)
+    assert [rng.next64() for _ in range(3)] == [
+        0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+
+
+def test_rng_below_is_in_range_and_uses_all_values():
+    rng = Rng(1)
+    seen = {rng.below(7) for _ in range(500)}
+    assert seen == set(range(7))
+    with pytest.raises(ValueError):
+        rng.below(0)
+
+
+def test_stories_are_pure_functions_of_split_and_index():
+    assert generate_story("train", 5) == generate_story("train", 5)
+    assert generate_story("train", 5) != generate_story("train", 6)
+    assert generate_story("train", 5) != generate_story("eval", 5)
+
+
+def test_splits_do_not_share_documents():
+    train = set(corpus.generate_split("train", 3000))
+    evals = corpus.generate_split("eval")
+    assert sum(doc in train for doc in evals) == 0
+
+
+def test_corpus_has_entities_to_copy_facts_and_counting():
+    docs = corpus.generate_split("train", 500)
+    text = "\n".join(docs)
+    names = {n for n, _ in corpus._NAMES}
+    # names recur within a story (to be copied), and many names are used
+    first = docs[0]
+    used = [n for n in names if n in first]
+    assert used and all(first.count(n) >= 2 for n in used)
+    assert sum(n in text for n in names) > 40
+    # memorised facts are consistent: a town always has the same product
+    for town, feature, product in corpus._TOWNS:
+        for doc in docs:
+            if f"{town} is famous for its " in doc:
+                assert f"{town} is famous for its {product}" in doc
+    assert "Now " in text and " more." in text  # counting sentences
+
+
+def test_lexicon_is_a_few_hundred_words_and_documents_vary():
+    assert 300 <= len(corpus.lexicon()) <= 1000
+    docs = corpus.generate_split("validation", 200)
+    lengths = [len(d.split()) for d in docs]
+    assert min(lengths) >= 30 and max(lengths) <= 400
+    assert len(set(docs)) == len(docs)
+
+
+def test_unknown_split_is_rejected():
+    with pytest.raises(ValueError, match="unknown split"):
+        corpus.generate_split("test")

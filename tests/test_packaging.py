@@ -1,0 +1,46 @@
+"""Packaging: environment.yml and pyproject.toml list the same dependencies."""
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _norm(req: str) -> str:
+    return re.sub(r"\s+", "", req).lower()
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_norm(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = lines.index("  - pip:")
+    pip = [ln.strip()[2:] for ln in lines[start + 1:] if ln.strip().startswith("- ")]
+    assert "-e ." in pip, "environment.yml must install course_lib itself (-e .)"
+    listed = {_norm(r) for r in pip if r != "-e ."}
+    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    test_cmd = re.search(r"^test: install\n\t(.+)$", makefile, re.M).group(1)
+    assert "pytest tests solutions --nbval --nbval-current-env" in test_cmd
+    assert "pytest tests solutions --nbval --nbval-current-env" in readme
+
+
+def test_gitignore_keeps_grading_folders_and_venv_out():
+    ignored = (ROOT / ".gitignore").read_text().split()
+    for entry in [".venv/", "submitted/", "autograded/", "feedback/", "gradebook.db"]:
+        assert entry in ignored
+
+
+def test_nbgrader_config_layout():
+    text = (ROOT / "nbgrader_config.py").read_text()
+    for needle in ['source_directory = "solutions"', 'release_directory = "notebooks"',
+                   "add_missing_cells = True", "Execute.timeout", 'kernel_name = "python3"',
+                   "IgnorePattern"]:
+        assert needle in text
