@@ -4,3 +4,13 @@ See :mod:`course_lib.pruning.common` for the conventions every method follows.
 """
 
 from .common import apply_masks, check_nm, check_sparsity, model_sparsity, sparsity_of  # noqa: F401
+from .magnitude import (  # noqa: F401
+    keep_mask_from_scores,
+    magnitude_mask,
+    magnitude_prune,
+    magnitude_scores,
+    make_permanent,
+    masks_from_torch_prune,
+    to_torch_prune,
+)
+from .nm import is_nm_sparse, nm_mask, nm_prune, semi_structured_support, to_semi_structured  # noqa: F401
