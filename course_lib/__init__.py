@@ -11,6 +11,7 @@ Entry points::
 from .evaluation import perplexity, token_losses  # noqa: F401
 from .model import load_course_model, load_model, prunable_linears  # noqa: F401
 from .paths import data_dir  # noqa: F401
+from .pruning.structure import layer_structure, load_pruned, save_pruned  # noqa: F401
 from .training import finetune  # noqa: F401
 
 __version__ = "0.1.0"
