@@ -17,3 +17,15 @@ from .nm import is_nm_sparse, nm_mask, nm_prune, semi_structured_support, to_sem
 from .channels import channel_importance, channel_mask, remove_ffn_channels  # noqa: F401
 from .heads import head_gates, head_importance, head_mask, remove_heads  # noqa: F401
 from .structure import layer_structure, load_pruned, save_pruned  # noqa: F401
+from .calibration import input_channel_norms  # noqa: F401
+from .movement import (  # noqa: F401
+    cubic_sparsity,
+    gradient_sensitivity_prune,
+    gradient_sensitivity_scores,
+    gradual_magnitude_prune,
+    movement_prune,
+    movement_score_update,
+    movement_scores,
+)
+from .sparsegpt import sparsegpt_prune, sparsegpt_prune_weight  # noqa: F401
+from .wanda import wanda_mask, wanda_prune, wanda_scores  # noqa: F401
