@@ -31,13 +31,13 @@ lab: install
 
 # The whole suite: unit tests, then every solution notebook under nbval.
 test: install
-	$(BIN)/python -m pytest tests solutions --nbval --nbval-current-env -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests solutions --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 notebooks: install
-	$(BIN)/python -m pytest solutions --nbval --nbval-current-env $(PYTEST_ARGS)
+	$(BIN)/python -m pytest solutions --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $(PYTEST_ARGS)
 
 # Instructors: regenerate the student notebooks in notebooks/ from solutions/.
 release: install

@@ -9,6 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Results must not depend on the thread count; one thread also keeps parallel runs civil.
+torch.set_num_threads(int(os.environ.get("COURSE_TEST_THREADS", "1")))
 
 # Notebooks under tests/fixtures are grading fixtures, not notebooks to run with nbval.
 collect_ignore_glob = ["fixtures/*"]

@@ -1,0 +1,173 @@
+"""The grading pipeline on a small fixture assignment, with hostile submissions.
+
+Every case is graded in one run of ``python -m course_lib.grading`` over a fresh course
+folder and gradebook, and every score is read from the gradebook (nbgrader exits 0 even
+when tests fail). The fixture (tests/fixtures/grading/solutions/00_fixture) has three
+exercises worth 1 + 2 + 1 points.
+"""
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_lib import grading
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "grading"
+AID = "00_fixture"
+TOTAL = 4.0
+
+
+def _source() -> nbformat.NotebookNode:
+    return nbformat.read(FIXTURE / "solutions" / AID / f"{AID}.ipynb", as_version=4)
+
+
+def _cell(nb, grade_id):
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
+            return cell
+    raise KeyError(grade_id)
+
+
+def _submissions(release: nbformat.NotebookNode) -> dict[str, object]:
+    """student id -> notebook (or raw text for the invalid one)."""
+    sol = _source()
+    subs: dict[str, object] = {"solution": sol, "blank": release}
+
+    partial = copy.deepcopy(release)  # exercises 1 and 3 right, exercise 2 left blank
+    _cell(partial, "fx-n-removed").source = _cell(sol, "fx-n-removed").source
+    _cell(partial, "fx-zero-fraction").source = _cell(sol, "fx-zero-fraction").source
+    subs["partial"] = partial
+
+    loop = copy.deepcopy(sol)  # exercise 3 never returns: that cell times out, the rest is graded
+    _cell(loop, "fx-zero-fraction").source = "while True:\n    pass"
+    subs["infinite_loop"] = loop
+
+    edited = copy.deepcopy(release)  # wrong answer, visible test replaced by `assert True`
+    _cell(edited, "fx-n-removed").source = "def n_removed(numel, sparsity):\n    return 0"
+    _cell(edited, "fx-n-removed-tests").source = "assert True"
+    _cell(edited, "fx-my-mask").source = _cell(sol, "fx-my-mask").source
+    subs["edited_tests"] = edited
+
+    deleted = copy.deepcopy(sol)  # a test cell deleted: nbgrader puts it back
+    deleted.cells = [c for c in deleted.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "fx-my-mask-tests"]
+    subs["deleted_test"] = deleted
+
+    sysexit = copy.deepcopy(sol)
+    _cell(sysexit, "fx-zero-fraction").source = "import sys\nsys.exit(1)"
+    subs["sys_exit"] = sysexit
+
+    osexit = copy.deepcopy(sol)
+    _cell(osexit, "fx-zero-fraction").source = "import os\nos._exit(0)"
+    subs["os_exit"] = osexit
+
+    noisy = copy.deepcopy(sol)  # correct, but warns on stderr every time it is called
+    src = _cell(sol, "fx-n-removed").source
+    _cell(noisy, "fx-n-removed").source = (
+        "import warnings\n" + src.replace("    ### BEGIN SOLUTION\n",
+                                          "    ### BEGIN SOLUTION\n    warnings.warn('rounding half to even')\n"))
+    subs["stderr_warnings"] = noisy
+
+    calls_ref = copy.deepcopy(sol)  # exercise 2 just calls course_lib's reference
+    _cell(calls_ref, "fx-my-mask").source = (
+        "from course_lib.pruning import magnitude_mask as _ref\n\ndef my_mask(weight, sparsity):\n"
+        "    return _ref(weight, sparsity)")
+    subs["calls_reference"] = calls_ref
+
+    kernel = copy.deepcopy(sol)
+    kernel.metadata["kernelspec"] = {"name": "julia-1.9", "display_name": "Julia 1.9", "language": "julia"}
+    subs["changed_kernelspec"] = kernel
+
+    subs["invalid_json"] = '{"cells": [ this is not json'
+    return subs
+
+
+# expected autograded score per student (None: must be reported as ungradable)
+EXPECTED = {
+    "solution": TOTAL,
+    "blank": 0.0,
+    "partial": 2.0,
+    "infinite_loop": 3.0,
+    "edited_tests": 2.0,
+    "deleted_test": TOTAL,
+    "sys_exit": 3.0,
+    "os_exit": None,
+    "stderr_warnings": TOTAL,
+    "calls_reference": 2.0,
+    "changed_kernelspec": TOTAL,
+    "invalid_json": None,
+}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    shutil.copytree(FIXTURE / "solutions", root / "solutions")
+    config = (ROOT / "nbgrader_config.py").read_text()
+    config += "\nc.Execute.timeout = 20\n"  # keeps the infinite-loop case short
+    (root / "nbgrader_config.py").write_text(config)
+    grading.release(root, [AID])
+    release = nbformat.read(root / "notebooks" / AID / f"{AID}.ipynb", as_version=4)
+    for student, nb in _submissions(release).items():
+        folder = root / "submitted" / student / AID
+        folder.mkdir(parents=True)
+        path = folder / f"{AID}.ipynb"
+        if isinstance(nb, str):
+            path.write_text(nb)
+        else:
+            nbformat.write(nb, path)
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grading", "--root", str(root), "--skip-release"],
+                          capture_output=True, text=True, timeout=1200)
+    print(proc.stdout[-4000:], proc.stderr[-2000:])
+    return root, proc
+
+
+def test_pipeline_reports_failures_with_nonzero_exit(graded):
+    root, proc = graded
+    assert proc.returncode == 1  # invalid_json (and os_exit) could not be graded
+    assert "could not grade" in proc.stdout
+    assert "invalid_json/00_fixture" in proc.stdout
+
+
+@pytest.mark.parametrize("student", sorted(EXPECTED))
+def test_scores_from_gradebook(graded, student):
+    root, _ = graded
+    expected = EXPECTED[student]
+    if expected is None:
+        with pytest.raises(Exception):
+            grading.scores(root, student, AID)
+        return
+    score, max_score, cells = grading.scores(root, student, AID)
+    assert max_score == TOTAL
+    assert score == expected, cells
+
+
+def test_grades_csv_and_feedback(graded):
+    root, _ = graded
+    rows = (root / "grades.csv").read_text().splitlines()
+    assert rows[0] == "student,assignment,score,max_score,status"
+    by_student = {r.split(",")[0]: r for r in rows[1:]}
+    assert set(by_student) == set(EXPECTED)
+    assert by_student["solution"].startswith("solution,00_fixture,4,4,ok")
+    assert "not a valid notebook" in by_student["invalid_json"]
+    assert (root / "feedback" / "solution" / AID / f"{AID}.html").is_file()
+
+
+def test_rerun_is_idempotent(graded):
+    root, _ = graded
+    before = {s: grading.scores(root, s, AID)[0] for s, e in EXPECTED.items() if e is not None}
+    result = grading.grade_one(root, "partial", AID)
+    assert result.ok and result.score == EXPECTED["partial"]
+    after = {s: grading.scores(root, s, AID)[0] for s, e in EXPECTED.items() if e is not None}
+    assert before == after
+
+
+def test_summary_table_lists_every_student(graded):
+    root, proc = graded
+    for student in EXPECTED:
+        assert student in proc.stdout
