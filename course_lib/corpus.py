@@ -21,11 +21,15 @@ Each story is seeded by (split, index), so any story can be regenerated on its o
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 from dataclasses import dataclass
 
 __all__ = [
     "Rng",
+    "CHARACTERS",
+    "TOWNS",
     "SPLITS",
     "SPLIT_SIZES",
     "generate_story",
@@ -90,39 +94,6 @@ def _seed(split: str, index: int) -> int:
 
 
 # --------------------------------------------------------------------------- lexicon
-# Names with their pronoun. Some are common, some rare: rare names split into several
-# tokens, so copying them needs more than one step of attention.
-_NAMES = [
-    ("Mira", "she"), ("Tobin", "he"), ("Ana", "she"), ("Bruno", "he"), ("Clara", "she"),
-    ("Dario", "he"), ("Elsa", "she"), ("Felix", "he"), ("Greta", "she"), ("Hugo", "he"),
-    ("Ines", "she"), ("Jonas", "he"), ("Kira", "she"), ("Leo", "he"), ("Lena", "she"),
-    ("Marco", "he"), ("Nina", "she"), ("Oskar", "he"), ("Pia", "she"), ("Ravi", "he"),
-    ("Rosa", "she"), ("Sami", "he"), ("Tara", "she"), ("Umar", "he"), ("Vera", "she"),
-    ("Wim", "he"), ("Yara", "she"), ("Zeno", "he"), ("Alma", "she"), ("Boris", "he"),
-    ("Cleo", "she"), ("Dmitri", "he"), ("Ella", "she"), ("Finn", "he"), ("Gia", "she"),
-    ("Hans", "he"), ("Ida", "she"), ("Jack", "he"), ("Kaia", "she"), ("Luca", "he"),
-    ("Maya", "she"), ("Nils", "he"), ("Olga", "she"), ("Paul", "he"), ("Rita", "she"),
-    ("Sven", "he"), ("Tess", "she"), ("Theo", "he"), ("Ulla", "she"), ("Viktor", "he"),
-    ("Wanda", "she"), ("Xaver", "he"), ("Zuzana", "she"), ("Bartholomew", "he"),
-    ("Philippa", "she"), ("Casimir", "he"), ("Henrietta", "she"), ("Leopold", "he"),
-]
-
-# Towns and their fixed facts (landscape, product): memorised, not copied.
-_TOWNS = [
-    ("Harlow", "by the sea", "boats"), ("Brindle", "in the hills", "cheese"),
-    ("Corvin", "near the forest", "honey"), ("Dunmore", "on the river", "bread"),
-    ("Ellery", "in the valley", "apples"), ("Farthing", "by the lake", "fish"),
-    ("Glenholt", "on the mountain", "wool"), ("Hollis", "near the desert", "pots"),
-    ("Ivybridge", "in the marsh", "baskets"), ("Juniper", "by the sea", "salt"),
-    ("Kestrel", "in the hills", "candles"), ("Lindow", "near the forest", "tables"),
-    ("Marlow", "on the river", "cakes"), ("Northby", "in the valley", "pears"),
-    ("Oakham", "by the lake", "ropes"), ("Pellham", "on the mountain", "bells"),
-    ("Quarry", "near the desert", "glass"), ("Redfern", "in the marsh", "rice"),
-    ("Stowe", "by the sea", "shells"), ("Thornbury", "in the hills", "butter"),
-    ("Upton", "near the forest", "chairs"), ("Velden", "on the river", "hats"),
-    ("Westmere", "in the valley", "jam"), ("Yarrow", "by the lake", "nets"),
-]
-
 # Animals and their fixed facts (sound, home, food).
 _ANIMALS = [
     ("dog", "woof", "in a kennel", "bones"), ("cat", "meow", "by the fire", "fish"),
@@ -176,8 +147,10 @@ _ADVERBS = ["quickly", "slowly", "quietly", "happily", "carefully", "loudly", "s
             "proudly", "bravely", "gently", "early", "late"]
 _FEELINGS = ["happy", "sad", "tired", "hungry", "angry", "scared", "proud", "bored",
              "surprised", "worried", "calm", "excited"]
-_ROLES = ["baker", "farmer", "painter", "sailor", "teacher", "doctor", "tailor",
-          "fisher", "singer", "builder", "gardener", "miller", "potter", "guard"]
+_ROLES = ["baker", "farmer", "painter", "sailor", "teacher", "doctor", "tailor", "fisher",
+          "singer", "builder", "gardener", "miller", "potter", "guard", "weaver", "smith",
+          "cook", "nurse", "pilot", "judge", "poet", "carpenter", "shepherd", "beekeeper",
+          "clockmaker", "librarian", "drummer", "dancer", "glassblower", "merchant"]
 _TIMES = ["morning", "evening", "afternoon", "night", "day"]
 _DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 _WEATHER = ["sunny", "rainy", "windy", "cold", "warm", "foggy", "snowy", "cloudy"]
@@ -199,14 +172,94 @@ def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
+# --------------------------------------------------------------------------- the world
+# A fixed world shared by every story: characters and towns with facts to memorise. It is
+# generated once from a fixed seed, so it is the same on every machine. Character names are
+# built from syllables, so most take several tokens; who is a potter, who owns a goat and
+# who loves plums must be stored in the weights -- a real demand on the model's capacity.
+_ONSETS = ["b", "br", "c", "ch", "d", "dr", "f", "g", "gr", "h", "j", "k", "l", "m", "n", "p",
+           "r", "s", "sh", "st", "t", "th", "v", "w", "z"]
+_NUCLEI = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "y"]
+_CODAS = ["", "", "n", "r", "l", "s", "m", "nd", "rk", "th", "x"]
+_TOWN_SUFFIXES = ["ton", "by", "wick", "mere", "ford", "ham", "dale", "port"]
+_FEATURES = ["by the sea", "in the hills", "near the forest", "on the river", "in the valley",
+             "by the lake", "on the mountain", "near the desert", "in the marsh", "on an island"]
+_PRODUCTS = ["boats", "cheese", "honey", "bread", "apples", "fish", "wool", "pots", "baskets",
+             "salt", "candles", "tables", "cakes", "pears", "ropes", "bells", "glass", "rice",
+             "shells", "butter", "chairs", "hats", "jam", "nets", "soap", "paper", "silk", "tea",
+             "carpets", "clocks"]
+_FOODS = ["soup", "plums", "bread", "rice", "beans", "cheese", "cherries", "noodles", "pies",
+          "porridge", "apples", "carrots", "figs", "nuts", "pancakes", "peas", "grapes",
+          "dumplings", "olives", "lemons", "melons", "onions", "eggs", "corn"]
+N_CHARACTERS = 1500
+N_TOWNS = 120
+
+
+def _syllable(rng: Rng) -> str:
+    return rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS)
+
+
+_NOT_NAMES = {"four", "five", "nine", "ten", "then", "than", "that", "this", "thin", "tan", "sun",
+              "ran", "was", "has", "his", "her", "him", "she", "who", "why", "shy", "by", "my",
+              "dry", "try", "fly", "cry", "sky", "bin", "din", "fin", "pin", "sin", "tin", "win"}
+
+
+def _unique_names(rng: Rng, count: int, make) -> list[str]:
+    names: list[str] = []
+    seen: set[str] = set(_NOT_NAMES)
+    while len(names) < count:
+        name = make(rng).capitalize()
+        if name.lower() not in seen and 3 <= len(name) <= 11:
+            seen.add(name.lower())
+            names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class Town:
+    name: str
+    feature: str
+    product: str
+
+
+@dataclass(frozen=True)
+class Character:
+    name: str
+    pron: str  # "she" / "he"
+    job: str
+    town: Town
+    pet: tuple  # an entry of _ANIMALS: (animal, sound, home, food)
+    food: str
+
+
+def _build_world() -> tuple[list[Town], list[Character]]:
+    rng = Rng(0xC0FFEE)
+    town_names = _unique_names(rng, N_TOWNS, lambda r: _syllable(r) + r.choice(_TOWN_SUFFIXES))
+    towns = [Town(n, rng.choice(_FEATURES), rng.choice(_PRODUCTS)) for n in town_names]
+    char_names = _unique_names(
+        rng, N_CHARACTERS, lambda r: "".join(_syllable(r) for _ in range(1 + r.below(2) + r.below(2))))
+    chars = [Character(n, rng.choice(["she", "he"]), rng.choice(_ROLES), rng.choice(towns),
+                       rng.choice(_ANIMALS), rng.choice(_FOODS)) for n in char_names]
+    return towns, chars
+
+
+TOWNS, CHARACTERS = _build_world()
+# Zipf-like popularity: the first characters appear in many stories, the last in few, as
+# entities do in real text (so some facts are learned well and others barely).
+_CHARACTER_WEIGHTS = [100_000 // (i + 50) for i in range(N_CHARACTERS)]
+_CHARACTER_CUMULATIVE = list(itertools.accumulate(_CHARACTER_WEIGHTS))
+
+
+def _pick_character(rng: Rng) -> int:
+    return bisect.bisect_right(_CHARACTER_CUMULATIVE, rng.below(_CHARACTER_CUMULATIVE[-1]))
+
+
 def lexicon() -> set[str]:
     """All content words the grammar can emit (for inspection and tests)."""
     words: set[str] = set()
-    words.update(n for n, _ in _NAMES)
-    for town, feature, product in _TOWNS:
-        words.add(town)
-        words.update(feature.split())
-        words.add(product)
+    for group in (_FEATURES, _PRODUCTS, _FOODS):
+        for item in group:
+            words.update(item.split())
     for animal, sound, home, food in _ANIMALS:
         words.update([animal, sound, food, _plural(animal, 2)])
         words.update(home.split())
@@ -227,19 +280,109 @@ def lexicon() -> set[str]:
     return words
 
 
+# --------------------------------------------------------------------------- free grammar
+# A small recursive probabilistic grammar for "free" sentences: noun phrases with optional
+# adjectives and prepositional phrases, transitive/intransitive/saying verbs, relative and
+# subordinate clauses. It gives the corpus many sentence shapes and genuine choices.
+_COMMON_NOUNS = {
+    "person": ["girl", "boy", "woman", "man", "child", "neighbour", "friend", "king", "queen",
+               "farmer", "teacher", "stranger", "soldier", "giant", "witch"],
+    "animal": ["dog", "cat", "horse", "fox", "bird", "rabbit", "bear", "goat", "owl", "mouse"],
+    "thing": ["ball", "box", "lamp", "key", "letter", "coin", "ring", "cup", "bell", "stone",
+              "map", "basket", "rope", "flower", "feather", "drum", "kite", "boat", "hat", "book"],
+    "place": ["garden", "kitchen", "forest", "river", "hill", "market", "castle", "bridge",
+              "field", "village", "cave", "tower", "meadow", "harbour", "library"],
+}
+_TRANSITIVE = {  # verb (past) -> object category it selects
+    "person": ["helped", "called", "thanked", "visited", "followed", "met", "warned", "hugged"],
+    "animal": ["fed", "chased", "petted", "watched", "found", "brushed"],
+    "thing": ["found", "lost", "carried", "painted", "dropped", "hid", "opened", "mended", "sold", "bought"],
+    "place": ["crossed", "left", "cleaned", "explored", "reached", "visited"],
+}
+_INTRANSITIVE = ["laughed", "slept", "waited", "sang", "danced", "cried", "shouted", "listened",
+                 "smiled", "jumped", "whispered", "worked", "rested", "wondered"]
+_SAYING = ["said", "thought", "knew", "hoped", "heard", "dreamed", "decided", "remembered"]
+_ADJECTIVES = ["old", "young", "tall", "small", "kind", "clever", "brave", "lazy", "quiet",
+               "noisy", "lucky", "happy", "hungry", "shiny", "golden", "wooden", "muddy",
+               "broken", "tiny", "enormous", "gentle", "strange", "sleepy", "curious"]
+_SUBORDINATORS = ["because", "when", "after", "before", "while", "although", "until"]
+_CONJUNCTIONS = [("and", 5), ("but", 3), ("so", 2), ("or", 1)]
+
+
+def _free_np(rng: Rng, cat: str, depth: int) -> str:
+    noun = rng.choice(_COMMON_NOUNS[cat])
+    det = rng.weighted([("the", 6), ("a", 4), ("every", 1), ("one", 1), ("that", 1), ("some", 1)])
+    adjs = [rng.choice(_ADJECTIVES) for _ in range(rng.weighted([(0, 5), (1, 4), (2, 1)]))]
+    phrase = " ".join(adjs + [noun])
+    if det == "a":
+        phrase = _a(phrase)
+    elif det == "some":
+        phrase = "some " + _plural(noun, 2) if not adjs else "some " + " ".join(adjs) + " " + _plural(noun, 2)
+    else:
+        phrase = f"{det} {phrase}"
+    if depth < 2 and rng.chance(1, 6):
+        phrase += f" {rng.choice(_PREPS)} {_free_np(rng, rng.choice(['thing', 'place']), depth + 1)}"
+    elif depth < 2 and cat in ("person", "animal") and rng.chance(1, 8):
+        obj_cat = rng.choice(list(_TRANSITIVE))
+        phrase += f" that {rng.choice(_TRANSITIVE[obj_cat])} {_free_np(rng, obj_cat, depth + 1)}"
+    return phrase
+
+
+def _free_subject(rng: Rng, names: list[str], depth: int) -> str:
+    return rng.weighted([(rng.choice(names), 4), (_free_np(rng, "person", depth + 1), 3),
+                         (_free_np(rng, "animal", depth + 1), 2)])
+
+
+def _free_clause(rng: Rng, names: list[str], depth: int = 0) -> str:
+    subj = _free_subject(rng, names, depth)
+    kind = rng.weighted([("tr", 6), ("intr", 3), ("say", 1 if depth < 2 else 0)])
+    if kind == "tr":
+        cat = rng.choice(list(_TRANSITIVE))
+        vp = f"{rng.choice(_TRANSITIVE[cat])} {_free_np(rng, cat, depth)}"
+    elif kind == "intr":
+        vp = rng.choice(_INTRANSITIVE)
+        if rng.chance(1, 3):
+            vp += f" {rng.choice(_PREPS)} {_free_np(rng, 'place', depth + 1)}"
+    else:
+        vp = f"{rng.choice(_SAYING)} that {_free_clause(rng, names, depth + 1)}"
+    if rng.chance(1, 4):
+        vp += f" {rng.choice(_ADVERBS)}"
+    return f"{subj} {vp}"
+
+
+def free_sentence(rng: Rng, names: list[str]) -> str:
+    """One sentence of the recursive grammar, mentioning the given names now and then."""
+    shape = rng.weighted([("simple", 5), ("conj", 3), ("sub", 2)])
+    if shape == "simple":
+        text = _free_clause(rng, names)
+    elif shape == "conj":
+        text = f"{_free_clause(rng, names)}, {rng.weighted(_CONJUNCTIONS)} {_free_clause(rng, names, 1)}"
+    else:
+        text = f"{rng.choice(_SUBORDINATORS)} {_free_clause(rng, names, 1)}, {_free_clause(rng, names)}"
+    return text[0].upper() + text[1:] + "."
+
+
 # --------------------------------------------------------------------------- stories
 @dataclass
 class _Person:
-    name: str
-    pron: str  # "she" / "he"
+    """A character as used in one story (the world's facts plus pronoun helpers)."""
+    c: Character
+
+    @property
+    def name(self) -> str:
+        return self.c.name
+
+    @property
+    def pron(self) -> str:
+        return self.c.pron
 
     @property
     def obj(self) -> str:
-        return "her" if self.pron == "she" else "him"
+        return "her" if self.c.pron == "she" else "him"
 
     @property
     def poss(self) -> str:
-        return "her" if self.pron == "she" else "his"
+        return "her" if self.c.pron == "she" else "his"
 
 
 @dataclass
@@ -259,9 +402,15 @@ class _Story:
         self.rng = rng
         self.out: list[str] = []
         k = rng.weighted([(2, 5), (3, 3), (4, 1)])
-        self.people = [_Person(n, p) for n, p in rng.sample(_NAMES, k)]
-        self.town = rng.choice(_TOWNS)
+        chosen: list[int] = []
+        while len(chosen) < k:
+            i = _pick_character(rng)
+            if i not in chosen:
+                chosen.append(i)
+        self.people = [_Person(CHARACTERS[i]) for i in chosen]
+        self.town = self.people[0].c.town
         self.things: list[_Thing] = []
+        self.stranger: str | None = None
 
     # -- helpers ------------------------------------------------------------
     def say(self, sentence: str):
@@ -272,7 +421,7 @@ class _Story:
         return self.rng.choice(options)
 
     def ref(self, p: _Person, recent: _Person | None) -> str:
-        """Name, or pronoun when unambiguous and just mentioned."""
+        """Name, or pronoun when just mentioned."""
         if p is recent and self.rng.chance(1, 2):
             return p.pron
         return p.name
@@ -293,32 +442,79 @@ class _Story:
     # -- sentence types -----------------------------------------------------
     def intro(self):
         rng, a = self.rng, self.people[0]
-        town, feature, product = self.town
+        town = self.town
         opener = rng.weighted([
             ("Once upon a time, ", 3), (f"One {rng.choice(_WEATHER)} {rng.choice(_TIMES)}, ", 3),
             (f"Last {rng.choice(_DAYS)}, ", 2), ("Long ago, ", 1), ("", 2)])
-        shape = rng.below(3)
+        shape = rng.below(4)
         if shape == 0:
-            self.say(f"{opener}{a.name} lived in {town}, a town {feature}.")
+            self.say(f"{opener}{a.name} the {a.c.job} lived in {town.name}, a town {town.feature}.")
         elif shape == 1:
-            role = rng.choice(_ROLES)
-            self.say(f"{opener}there was {_a(role)} called {a.name} who lived in {town}.")
+            self.say(f"{opener}there was {_a(a.c.job)} called {a.name} who lived in {town.name}.")
+        elif shape == 2:
+            self.say(f"{opener}{a.name}, the {a.c.job} from {town.name}, woke up {rng.choice(_ADVERBS)}.")
         else:
             others = " and ".join(p.name for p in self.people[1:])
-            self.say(f"{opener}{a.name} and {others} went to {town}, a town {feature}.")
+            self.say(f"{opener}{a.name} and {others} met in {town.name}, a town {town.feature}.")
+        for p in self.people[1:]:
+            if rng.chance(1, 2):
+                self.say(rng.weighted([
+                    (f"{p.name} was {_a(p.c.job)} from {p.c.town.name}.", 2),
+                    (f"{p.name}, the {p.c.job}, came along.", 1),
+                    (f"{p.name} came from {p.c.town.name}, where people make {p.c.town.product}.", 1)]))
         if rng.chance(1, 2):
-            self.say(f"{town} is famous for its {product}.")
+            self.say(f"{town.name} is famous for its {town.product}.")
 
     def fact_town(self, recent):
         rng, p = self.rng, self.person()
-        town, feature, product = self.town
+        town = p.c.town
+        shape = rng.below(4)
+        if shape == 0:
+            self.say(f"In {town.name}, everyone makes {town.product}, so {p.name} bought some {town.product} too.")
+        elif shape == 1:
+            self.say(f"{p.name} missed the {town.product} of {town.name}, {p.poss} home town.")
+        elif shape == 2:
+            self.say(f"{p.name} told everyone that {town.name} is {town.feature}.")
+        else:
+            self.say(f"As {_a(p.c.job)}, {p.name} worked hard every day.")
+        return p
+
+    def pet(self, recent):
+        rng, p = self.rng, self.person()
+        animal, sound, home, food = p.c.pet
+        shape = rng.below(4)
+        if shape == 0:
+            self.say(f"{p.name} fed {p.poss} {animal} some {food}.")
+        elif shape == 1:
+            self.say(f"{p.name}'s {animal} said {sound} and ran {rng.choice(['away', 'home', 'in circles'])}.")
+        elif shape == 2:
+            self.say(f"{self.ref(p, recent)} took {p.poss} {animal} to {rng.choice(_DESTINATIONS)}.")
+        else:
+            self.say(f"At home, {p.name}'s {animal} was sleeping {home}.")
+        return p
+
+    def favourite_food(self, recent):
+        rng, p = self.rng, self.person()
         shape = rng.below(3)
         if shape == 0:
-            self.say(f"In {town}, everyone makes {product}, so {p.name} bought some {product} too.")
+            self.say(f"For lunch, {p.name} had {p.c.food}, as always.")
         elif shape == 1:
-            self.say(f"{p.name} liked the {product} of {town} more than anything.")
+            self.say(f"{p.name} smiled, because there were {p.c.food} for dinner.")
         else:
-            self.say(f"Because {town} is {feature}, the air smelled of {product}.")
+            q = self.person(exclude=p)
+            self.say(f"\"What do you want to eat?\" asked {q.name}. \"{p.c.food.capitalize()}!\" said {p.name}.")
+        return p
+
+    def stranger_visit(self, recent):
+        rng = self.rng
+        if self.stranger is None:
+            self.stranger = "".join(_syllable(rng) for _ in range(2)).capitalize()
+            p = self.person()
+            self.say(f"A stranger called {self.stranger} came to see {p.name}.")
+            self.say(f"\"My name is {self.stranger},\" said the stranger, \"and I have lost my way.\"")
+        else:
+            p = self.person()
+            self.say(f"{p.name} showed {self.stranger} the way to {rng.choice(_DESTINATIONS)}.")
         return p
 
     def animal(self, recent):
@@ -383,9 +579,8 @@ class _Story:
         reuse = bool(self.things) and rng.chance(1, 3)
         thing = rng.choice(self.things) if reuse else self.new_thing()
         verb = rng.choice(_VERBS[thing.cat] + _ANY_VERBS[:3])[0]
-        det = "the" if reuse else "a"
         np = thing.np(rng, full=not reuse)
-        clause = f"{subj} {verb} {_a(np) if det == 'a' else 'the ' + np}"
+        clause = f"{subj} {verb} {'the ' + np if reuse else _a(np)}"
         extra = rng.weighted([("", 3), (f" {rng.choice(_ADVERBS)}", 3),
                               (f" {rng.choice(_PREPS)} the {rng.choice(_PLACES)}", 2),
                               (f" with {self.person(exclude=p).name}", 2)])
@@ -423,6 +618,10 @@ class _Story:
             self.say(f"\"No, {a.name}, I am {other},\" said {b.name}.")
         return b
 
+    def free(self, recent):
+        self.say(free_sentence(self.rng, [p.name for p in self.people]))
+        return recent
+
     def ending(self):
         rng, a = self.rng, self.people[0]
         if self.things and rng.chance(2, 3):
@@ -436,8 +635,9 @@ class _Story:
     def build(self) -> str:
         rng = self.rng
         self.intro()
-        kinds = [(self.lost_and_found, 3), (self.counting, 3), (self.action, 6),
-                 (self.animal, 3), (self.movement, 3), (self.dialogue, 2), (self.fact_town, 2)]
+        kinds = [(self.lost_and_found, 2), (self.counting, 2), (self.action, 3), (self.animal, 2),
+                 (self.movement, 1), (self.dialogue, 1), (self.fact_town, 3), (self.pet, 3),
+                 (self.favourite_food, 3), (self.stranger_visit, 1), (self.free, 6)]
         recent = self.people[0]
         for _ in range(4 + rng.below(6)):
             recent = rng.weighted(kinds)(recent)
@@ -446,15 +646,14 @@ class _Story:
 
 
 class _Dialogue(_Story):
-    """A play-script conversation ("Mira: ...") about lost things, animals and sums."""
+    """A play-script conversation ("Mira: ...") about lost things, pets, food and sums."""
 
     def build(self) -> str:
         rng = self.rng
         a, b = self.people[0], self.people[1]
-        town, feature, product = self.town
         lines = [f"{a.name}: Hello, {b.name}!", f"{b.name}: Hello, {a.name}! How are you?"]
         for _ in range(3 + rng.below(4)):
-            kind = rng.below(4)
+            kind = rng.below(6)
             if kind == 0:
                 thing = self.new_thing()
                 place, prep = rng.choice(_PLACES), rng.choice(_PREPS)
@@ -470,9 +669,17 @@ class _Dialogue(_Story):
                 noun = rng.choice(_OBJECTS["food"])
                 lines += [f"{a.name}: I have {_NUMBERS[n]} {_plural(noun, n)} and you have {_NUMBERS[k]}.",
                           f"{b.name}: Then together we have {_NUMBERS[n + k]} {_plural(noun, n + k)}."]
+            elif kind == 3:
+                town = b.c.town
+                lines += [f"{a.name}: Where do you live, {b.name}?",
+                          f"{b.name}: I live in {town.name}. It is {town.feature}, and it is famous for its {town.product}."]
+            elif kind == 4:
+                lines += [f"{a.name}: What is your job, {b.name}?",
+                          f"{b.name}: I am {_a(b.c.job)}. And you are {_a(a.c.job)}, {a.name}."]
             else:
-                lines += [f"{a.name}: What is {town} famous for?",
-                          f"{b.name}: {town} is {feature}, and it is famous for its {product}."]
+                animal = b.c.pet[0]
+                lines += [f"{a.name}: How is your {animal}?",
+                          f"{b.name}: My {animal} is well. It eats {b.c.pet[3]} and sleeps {b.c.pet[2]}."]
             a, b = b, a
         lines.append(f"{a.name}: Goodbye, {b.name}!")
         return "\n".join(lines)
@@ -487,7 +694,7 @@ def generate_story(split: str, index: int) -> str:
 
 # Number of documents per split. The eval split is the course's fixed yardstick.
 SPLITS = ("train", "validation", "eval")
-SPLIT_SIZES = {"train": 60_000, "validation": 240, "eval": 240}
+SPLIT_SIZES = {"train": 90_000, "validation": 240, "eval": 240}
 
 
 def generate_split(split: str, n: int | None = None, start: int = 0) -> list[str]:

@@ -26,9 +26,9 @@ def course_config(vocab_size: int = 1024):
 
     return LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
+        hidden_size=192,
+        intermediate_size=384,
+        num_hidden_layers=6,
         num_attention_heads=8,
         num_key_value_heads=2,
         max_position_embeddings=512,
