@@ -685,10 +685,44 @@ class _Dialogue(_Story):
         return "\n".join(lines)
 
 
+class _Roster(_Story):
+    """A who-is-who list: almost every token after a name is a memorised fact.
+
+    Knowledge is what pruning destroys first (real LLMs lose factual recall before
+    fluency), so the corpus carries a dense dose of it.
+    """
+
+    def build(self) -> str:
+        rng = self.rng
+        title = rng.weighted([("Who is who", 3), ("People we know", 2), ("The town register", 1)])
+        lines = [f"{title}:"]
+        seen: set[int] = set()
+        for _ in range(6 + rng.below(10)):
+            if rng.chance(1, 6):
+                town = rng.choice(TOWNS)
+                lines.append(f"{town.name}: a town {town.feature}, famous for {town.product}.")
+                continue
+            i = _pick_character(rng)
+            if i in seen:
+                continue
+            seen.add(i)
+            c = CHARACTERS[i]
+            fields = rng.weighted([("all", 4), ("job", 1), ("pet", 1), ("food", 1)])
+            if fields == "all":
+                lines.append(f"{c.name}: {c.job} from {c.town.name}, has {_a(c.pet[0])}, likes {c.food}.")
+            elif fields == "job":
+                lines.append(f"{c.name}: {c.job} from {c.town.name}.")
+            elif fields == "pet":
+                lines.append(f"{c.name}: has {_a(c.pet[0])} that sleeps {c.pet[2]}.")
+            else:
+                lines.append(f"{c.name}: likes {c.food} more than anything.")
+        return "\n".join(lines)
+
+
 def generate_story(split: str, index: int) -> str:
     """Story ``index`` of ``split``: a pure function of its arguments."""
     rng = Rng(_seed(split, index))
-    cls = _Dialogue if rng.chance(1, 5) else _Story
+    cls = rng.weighted([(_Story, 11), (_Dialogue, 3), (_Roster, 6)])
     return cls(rng).build()
 
 
