@@ -12,7 +12,7 @@ PORT ?= 8888
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 
-.PHONY: install lab test unit notebooks release grade clean-grading
+.PHONY: install lab test unit notebooks release grade
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,4 +41,8 @@ notebooks: install
 
 # Instructors: regenerate the student notebooks in notebooks/ from solutions/.
 release: install
-	cd . && $(BIN)/nbgrader generate_assignment --all --force --no-db
+	for aid in $$(ls solutions); do [ -f solutions/$$aid/$$aid.ipynb ] && $(BIN)/nbgrader generate_assignment $$aid --force --no-db || exit 1; done
+
+# Instructors: release, autograde everything in submitted/, feedback, grades.csv, summary.
+grade: install
+	$(BIN)/python -m course_lib.grading

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -43,7 +44,10 @@ class Result:
 
 def _nbgrader(root: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "nbgrader", *args]
-    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout)
+    # nbgrader runs `alembic` and `jupyter` from PATH: put this environment's bin/ first
+    bindir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
+    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def assignments(root: Path, source: str = "solutions") -> list[str]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,3 +55,13 @@ def test_make_lab_serves_the_rest_api(tmp_path):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_nbgrader_extensions_are_enabled():
+    jupyter = [sys.executable, "-m", "jupyter"]
+    lab = subprocess.run(jupyter + ["labextension", "list"], capture_output=True, text=True, timeout=120)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", lab.stdout + lab.stderr)
+    assert re.search(r"@jupyter/nbgrader v\S+ enabled OK", text), text
+    server = subprocess.run(jupyter + ["server", "extension", "list"], capture_output=True, text=True, timeout=120)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", server.stdout + server.stderr)
+    assert re.search(r"nbgrader\S* enabled", text), text
