@@ -257,7 +257,8 @@ def _pick_character(rng: Rng) -> int:
 def lexicon() -> set[str]:
     """All content words the grammar can emit (for inspection and tests)."""
     words: set[str] = set()
-    for group in (_FEATURES, _PRODUCTS, _FOODS):
+    for group in (_FEATURES, _PRODUCTS, _FOODS, _INTRANSITIVE, _SAYING, _ADJECTIVES, _SUBORDINATORS,
+                  [c for c, _ in _CONJUNCTIONS], *_COMMON_NOUNS.values(), *_TRANSITIVE.values()):
         for item in group:
             words.update(item.split())
     for animal, sound, home, food in _ANIMALS:
