@@ -83,6 +83,24 @@ def generations(model, tokenizer) -> list[str]:
     return out
 
 
+def measure(model, tokenizer) -> dict:
+    train = split_tokens("train")
+    evals = split_tokens("eval")
+    uni = unigram_perplexity(train, evals, len(tokenizer))
+    course_lib.perplexity(model)  # warm-up
+    t0 = time.perf_counter()
+    eval_ppl = course_lib.perplexity(model)
+    eval_s = time.perf_counter() - t0
+    facts = signal(model)
+    facts.update(
+        unigram_ppl=uni, unigram_ratio=eval_ppl / uni, validation_ppl=course_lib.perplexity(model, "validation"),
+        eval_seconds=eval_s, eval_tokens=len(evals), train_tokens=len(train), parameters=count_parameters(model),
+        samples=generations(model, tokenizer), machine=platform.processor() or platform.machine(),
+        torch=torch.__version__, threads=torch.get_num_threads(),
+    )
+    return facts
+
+
 CARD = """# The course model
 
 A small Llama (`LlamaForCausalLM`, transformers) trained from scratch on the course corpus by
@@ -136,13 +154,23 @@ seed {seed}, float32, gradient clipping 1.0. Wall time **{wall_min:.1f} min** on
 | most important head ablated (layer {top_l}, head {top_h}) | + {top_d:.4f} |
 | least important head ablated (layer {low_l}, head {low_h}) | + {low_d:.4f} |
 
-The eval split takes {eval_s:.1f} s on this CPU. Head ablation gates one query head on the input
+One evaluation of the eval split took {eval_s:.1f} s when this card was measured (other jobs
+shared the 2 cores then; `tests/test_evaluation.py` prints the time on a quiet run). Head ablation gates one query head on the input
 of `o_proj` (`course_lib.pruning.heads.head_mask`); the most important head costs
 {head_ratio:.0f} × the perplexity of the least important one.
 
 ## Samples (greedy)
 
 {samples}
+
+## Known gap
+
+The course asks 50 % magnitude pruning to cost at least 10 % perplexity, so that pruning methods
+separate clearly. This model loses {mag50_pct:.1f} %: it is still more robust than a real LLM (Sun et al.
+2023, Wanda, WikiText-2: LLaMA-7B goes from 5.68 to 17.29 at 50 % magnitude). Earlier corpora lost less
+(a template corpus ~0 %; this grammar without rosters ~3 % after 450-900 steps); the rosters raised
+it, and it still grew with training steps. 2:4 pruning (× {nm24r:.3f}) and head ablation already
+separate clearly.
 
 ## Limits
 
@@ -157,33 +185,25 @@ def main():
     model, tokenizer = course_lib.load_course_model()
     root = course_lib.data_dir()
     log = json.loads((root / "course-model" / "training_log.json").read_text())
-    train = split_tokens("train")
-    evals = split_tokens("eval")
-    uni = unigram_perplexity(train, evals, len(tokenizer))
-    course_lib.perplexity(model)  # warm-up
-    t0 = time.perf_counter()
-    eval_ppl = course_lib.perplexity(model)
-    eval_s = time.perf_counter() - t0
-    facts = signal(model)
-    facts.update(
-        unigram_ppl=uni, unigram_ratio=eval_ppl / uni, validation_ppl=course_lib.perplexity(model, "validation"),
-        eval_seconds=eval_s, eval_tokens=len(evals), train_tokens=len(train), parameters=count_parameters(model),
-        samples=generations(model, tokenizer), machine=platform.processor() or platform.machine(),
-        torch=torch.__version__, threads=torch.get_num_threads(),
-    )
     out = root / "results" / "course_model.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(facts, indent=1) + "\n")
+    if "--card-only" in sys.argv:  # rewrite the card from the measured JSON
+        facts = json.loads(out.read_text())
+    else:
+        facts = measure(model, tokenizer)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(facts, indent=1) + "\n")
+    train_tokens, eval_tokens, uni, eval_s = (facts["train_tokens"], facts["eval_tokens"], facts["unigram_ppl"],
+                                              facts["eval_seconds"])
     cfg = model.config
     card = CARD.format(
         params=facts["parameters"], params_mb=(root / "course-model" / "model.safetensors").stat().st_size / 1e6,
         layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, heads=cfg.num_attention_heads,
         kv=cfg.num_key_value_heads, head_dim=cfg.hidden_size // cfg.num_attention_heads,
         inter=cfg.intermediate_size, vocab=len(tokenizer), seq=log["seq_len"], lexicon=len(lexicon()),
-        n_chars=N_CHARACTERS, n_towns=N_TOWNS, n_train=SPLIT_SIZES["train"], train_tokens=len(train),
-        n_val=SPLIT_SIZES["validation"], n_eval=SPLIT_SIZES["eval"], eval_tokens=len(evals),
+        n_chars=N_CHARACTERS, n_towns=N_TOWNS, n_train=SPLIT_SIZES["train"], train_tokens=train_tokens,
+        n_val=SPLIT_SIZES["validation"], n_eval=SPLIT_SIZES["eval"], eval_tokens=eval_tokens,
         wd=log["weight_decay"], lr=log["lr"], warmup=log["warmup"], steps=log["steps"], batch=log["batch_size"],
-        seen=log["tokens_seen"], epochs=log["tokens_seen"] / len(train), seed=log["seed"],
+        seen=log["tokens_seen"], epochs=log["tokens_seen"] / train_tokens, seed=log["seed"],
         wall_min=log["wall_time_s"] / 60, threads=log["threads"], torch=log["torch"],
         unigram=uni, val_ppl=facts["validation_ppl"], eval_ppl=facts["eval_ppl"], ratio_uni=facts["unigram_ratio"],
         mag50=facts["magnitude_50_ppl"], mag50r=facts["magnitude_50_ratio"], nm24=facts["nm_2_4_ppl"],
@@ -192,9 +212,11 @@ def main():
         low_l=facts["least_important_head"]["layer"], low_h=facts["least_important_head"]["head"],
         low_d=facts["least_important_head"]["delta_ppl"], eval_s=eval_s, head_ratio=facts["head_ablation_ratio"],
         samples="\n".join(f"* `{s!r}`" for s in facts["samples"]),
+        mag50_pct=100 * (facts["magnitude_50_ratio"] - 1),
     )
     (root / "course-model" / "README.md").write_text(card)
     print(json.dumps({k: v for k, v in facts.items() if k != "head_ablation_delta_ppl"}, indent=1))
+    print(f"card written to {root / 'course-model' / 'README.md'}")
 
 
 if __name__ == "__main__":
