@@ -9,8 +9,11 @@ method then looks the same. This grammar makes the model work for its tokens:
 * entities to *copy*: every story draws fresh names and objects and refers back to
   them later ("... asked Mira. ... Mira found the green kite"), which needs
   attention heads that look back and copy (induction-style heads);
-* facts to *memorise*: each town has a fixed landscape and product, each animal a
-  fixed sound, home and food -- the same in every story, so they live in weights;
+* facts to *memorise*: each of 3,000 characters has a job, home town, pet, favourite
+  food, colour and best friend, each town a landscape and product, each animal a sound,
+  home and food -- the same in every document, so they live in the weights. Rosters
+  ("who is who") and quizzes make facts a large share of all tokens: a small model
+  stores them in superposition, and they are what pruning destroys first;
 * simple *counting*: "Mira had three pears. Tobin gave her two more. Now Mira has
   five pears."
 
@@ -159,7 +162,7 @@ _NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eigh
 _PLURAL = {"mouse": "mice", "sheep": "sheep", "goose": "geese", "wolf": "wolves",
            "knife": "knives", "loaf": "loaves", "diary": "diaries", "story": "stories",
            "yoyo": "yoyos", "bus": "buses", "box": "boxes", "peach": "peaches",
-           "brush": "brushes", "fox": "foxes", "potato": "potatoes"}
+           "brush": "brushes", "fox": "foxes", "potato": "potatoes", "witch": "witches"}
 
 
 def _plural(noun: str, count: int) -> str:
@@ -191,7 +194,7 @@ _PRODUCTS = ["boats", "cheese", "honey", "bread", "apples", "fish", "wool", "pot
 _FOODS = ["soup", "plums", "bread", "rice", "beans", "cheese", "cherries", "noodles", "pies",
           "porridge", "apples", "carrots", "figs", "nuts", "pancakes", "peas", "grapes",
           "dumplings", "olives", "lemons", "melons", "onions", "eggs", "corn"]
-N_CHARACTERS = 1500
+N_CHARACTERS = 3000
 N_TOWNS = 120
 
 
@@ -230,6 +233,8 @@ class Character:
     town: Town
     pet: tuple  # an entry of _ANIMALS: (animal, sound, home, food)
     food: str
+    colour: str  # the colour this character always wears
+    friend: str  # the name of this character's best friend (another character)
 
 
 def _build_world() -> tuple[list[Town], list[Character]]:
@@ -238,8 +243,16 @@ def _build_world() -> tuple[list[Town], list[Character]]:
     towns = [Town(n, rng.choice(_FEATURES), rng.choice(_PRODUCTS)) for n in town_names]
     char_names = _unique_names(
         rng, N_CHARACTERS, lambda r: "".join(_syllable(r) for _ in range(1 + r.below(2) + r.below(2))))
-    chars = [Character(n, rng.choice(["she", "he"]), rng.choice(_ROLES), rng.choice(towns),
-                       rng.choice(_ANIMALS), rng.choice(_FOODS)) for n in char_names]
+    base = [(n, rng.choice(["she", "he"]), rng.choice(_ROLES), rng.choice(towns),
+             rng.choice(_ANIMALS), rng.choice(_FOODS)) for n in char_names]
+    # Colours and friends come from a second stream, so adding them left the names and the
+    # older facts of the world unchanged.
+    extra = Rng(0xF12E5D)
+    chars = []
+    for i, fields in enumerate(base):
+        j = extra.below(N_CHARACTERS - 1)
+        j += j >= i  # anyone but oneself
+        chars.append(Character(*fields, colour=extra.choice(_COLOURS), friend=char_names[j]))
     return towns, chars
 
 
@@ -506,6 +519,19 @@ class _Story:
             self.say(f"\"What do you want to eat?\" asked {q.name}. \"{p.c.food.capitalize()}!\" said {p.name}.")
         return p
 
+    def colour_and_friend(self, recent):
+        rng, p = self.rng, self.person()
+        shape = rng.below(4)
+        if shape == 0:
+            self.say(f"{p.name} wore {p.poss} {p.c.colour} {rng.choice(_OBJECTS['clothing'])}, as always.")
+        elif shape == 1:
+            self.say(f"{p.name} went to see {p.poss} best friend, {p.c.friend}.")
+        elif shape == 2:
+            self.say(f"Everyone knows that {p.name} only wears {p.c.colour}.")
+        else:
+            self.say(f"\"Where is {p.c.friend}?\" asked {p.name}. \"My best friend is never late.\"")
+        return p
+
     def stranger_visit(self, recent):
         rng = self.rng
         if self.stranger is None:
@@ -638,7 +664,8 @@ class _Story:
         self.intro()
         kinds = [(self.lost_and_found, 2), (self.counting, 2), (self.action, 3), (self.animal, 2),
                  (self.movement, 1), (self.dialogue, 1), (self.fact_town, 3), (self.pet, 3),
-                 (self.favourite_food, 3), (self.stranger_visit, 1), (self.free, 6)]
+                 (self.favourite_food, 3), (self.colour_and_friend, 3), (self.stranger_visit, 1),
+                 (self.free, 6)]
         recent = self.people[0]
         for _ in range(4 + rng.below(6)):
             recent = rng.weighted(kinds)(recent)
@@ -708,9 +735,12 @@ class _Roster(_Story):
                 continue
             seen.add(i)
             c = CHARACTERS[i]
-            fields = rng.weighted([("all", 4), ("job", 1), ("pet", 1), ("food", 1)])
+            fields = rng.weighted([("all", 4), ("job", 1), ("pet", 1), ("food", 1), ("friend", 1)])
             if fields == "all":
-                lines.append(f"{c.name}: {c.job} from {c.town.name}, has {_a(c.pet[0])}, likes {c.food}.")
+                lines.append(f"{c.name}: {c.job} from {c.town.name}, has {_a(c.pet[0])}, likes {c.food}, "
+                             f"wears {c.colour}, best friend {c.friend}.")
+            elif fields == "friend":
+                lines.append(f"{c.name}: best friend of {c.friend}, always in {c.colour}.")
             elif fields == "job":
                 lines.append(f"{c.name}: {c.job} from {c.town.name}.")
             elif fields == "pet":
@@ -720,10 +750,41 @@ class _Roster(_Story):
         return "\n".join(lines)
 
 
+class _Quiz(_Story):
+    """Questions and answers about the world: every answer is a memorised fact."""
+
+    def build(self) -> str:
+        rng = self.rng
+        lines = [rng.weighted([("Questions and answers:", 3), ("Quiz:", 2), ("Do you know?", 1)])]
+        for _ in range(5 + rng.below(8)):
+            c = CHARACTERS[_pick_character(rng)]
+            kind = rng.below(8)
+            if kind == 0:
+                qa = (f"What does {c.name} do?", f"{c.name} is {_a(c.job)}.")
+            elif kind == 1:
+                qa = (f"Where does {c.name} live?", f"{c.name} lives in {c.town.name}.")
+            elif kind == 2:
+                qa = (f"What pet does {c.name} have?", f"{c.name} has {_a(c.pet[0])}.")
+            elif kind == 3:
+                qa = (f"What does {c.name} like to eat?", f"{c.name} likes {c.food}.")
+            elif kind == 4:
+                qa = (f"What colour does {c.name} wear?", f"{c.name} wears {c.colour}.")
+            elif kind == 5:
+                qa = (f"Who is the best friend of {c.name}?", f"{c.name}'s best friend is {c.friend}.")
+            elif kind == 6:
+                town = c.town
+                qa = (f"What is {town.name} famous for?", f"{town.name} is famous for {town.product}.")
+            else:
+                town = c.town
+                qa = (f"Where is {town.name}?", f"{town.name} is {town.feature}.")
+            lines.append(f"Q: {qa[0]} A: {qa[1]}")
+        return "\n".join(lines)
+
+
 def generate_story(split: str, index: int) -> str:
     """Story ``index`` of ``split``: a pure function of its arguments."""
     rng = Rng(_seed(split, index))
-    cls = rng.weighted([(_Story, 11), (_Dialogue, 3), (_Roster, 6)])
+    cls = rng.weighted([(_Story, 5), (_Dialogue, 2), (_Roster, 14), (_Quiz, 6)])
     return cls(rng).build()
 
 

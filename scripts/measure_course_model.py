@@ -18,6 +18,7 @@ The pedagogical signal the course needs (each measured on the eval split):
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -72,7 +73,11 @@ def signal(model) -> dict:
 
 @torch.no_grad()
 def generations(model, tokenizer) -> list[str]:
-    prompts = ["Once upon a time,", "Zairk: Hello,", "Raithfynd had three pears."]
+    from course_lib.corpus import CHARACTERS
+
+    star = CHARACTERS[0]  # the most frequent character: its facts are well learned
+    prompts = ["Once upon a time,", "Zairk: Hello,", "Raithfynd had three pears.",
+               f"Q: What does {star.name} like to eat? A:", f"{star.name}:"]
     out = []
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -96,7 +101,7 @@ def measure(model, tokenizer) -> dict:
         unigram_ppl=uni, unigram_ratio=eval_ppl / uni, validation_ppl=course_lib.perplexity(model, "validation"),
         eval_seconds=eval_s, eval_tokens=len(evals), train_tokens=len(train), parameters=count_parameters(model),
         samples=generations(model, tokenizer), machine=platform.processor() or platform.machine(),
-        torch=torch.__version__, threads=torch.get_num_threads(),
+        torch=torch.__version__, threads=torch.get_num_threads(), loadavg_1m=os.getloadavg()[0],
     )
     return facts
 
@@ -128,10 +133,11 @@ tokenizer = AutoTokenizer.from_pretrained("data/course-model")
 
 ## Data
 
-`course_lib.corpus`: stories and play-script dialogues from a probabilistic grammar
-({lexicon} content words), set in a fixed world of {n_chars} characters and {n_towns} towns
-whose facts (job, home town, pet, favourite food; a town's landscape and product) must be memorised,
-with objects and strangers that must be copied from earlier in the story and small sums to do.
+`course_lib.corpus`: stories, play-script dialogues, who-is-who rosters and question-and-answer
+quizzes from a probabilistic grammar ({lexicon} content words), set in a fixed world of {n_chars}
+characters and {n_towns} towns whose facts (job, home town, pet, favourite food, colour, best friend;
+a town's landscape and product) must be memorised, with objects and strangers that must be copied
+from earlier in the story and small sums to do.
 Splits: train {n_train:,} documents ({train_tokens:,} tokens), validation {n_val}, eval {n_eval}
 documents ({eval_tokens:,} tokens; byte-identical everywhere, checked by SHA-256).
 
@@ -154,8 +160,8 @@ seed {seed}, float32, gradient clipping 1.0. Wall time **{wall_min:.1f} min** on
 | most important head ablated (layer {top_l}, head {top_h}) | + {top_d:.4f} |
 | least important head ablated (layer {low_l}, head {low_h}) | + {low_d:.4f} |
 
-One evaluation of the eval split took {eval_s:.1f} s when this card was measured (other jobs
-shared the 2 cores then; `tests/test_evaluation.py` prints the time on a quiet run). Head ablation gates one query head on the input
+One evaluation of the eval split took {eval_s:.1f} s when this card was measured (1-minute load
+average {load:.1f} on the 2 cores). Head ablation gates one query head on the input
 of `o_proj` (`course_lib.pruning.heads.head_mask`); the most important head costs
 {head_ratio:.0f} × the perplexity of the least important one.
 
@@ -163,14 +169,16 @@ of `o_proj` (`course_lib.pruning.heads.head_mask`); the most important head cost
 
 {samples}
 
-## Known gap
+## How the corpus got here
 
-The course asks 50 % magnitude pruning to cost at least 10 % perplexity, so that pruning methods
-separate clearly. This model loses {mag50_pct:.1f} %: it is still more robust than a real LLM (Sun et al.
-2023, Wanda, WikiText-2: LLaMA-7B goes from 5.68 to 17.29 at 50 % magnitude). Earlier corpora lost less
-(a template corpus ~0 %; this grammar without rosters ~3 % after 450-900 steps); the rosters raised
-it, and it still grew with training steps. 2:4 pruning (× {nm24r:.3f}) and head ablation already
-separate clearly.
+The course needs 50 % magnitude pruning to cost at least 10 % perplexity, so that pruning methods
+separate as they do on real LLMs (Sun et al. 2023, Wanda, WikiText-2: LLaMA-7B goes from 5.68 to
+17.29 at 50 % magnitude). This model loses {mag50_pct:.1f} %. Development runs of 500 steps measured
+what moves this number: a template corpus lost ~0 %, the grammar with a 1,500-character world
+~3-6 %; making memorised facts a large share of the tokens (rosters and quizzes), a larger world,
+no weight decay and a lower learning rate (1e-3 instead of 3e-3: a less noisy, less flat solution)
+each raised it. Facts are what a small model stores in superposition across many weights, and
+what pruning destroys first.
 
 ## Limits
 
@@ -211,7 +219,7 @@ def main():
         top_h=facts["most_important_head"]["head"], top_d=facts["most_important_head"]["delta_ppl"],
         low_l=facts["least_important_head"]["layer"], low_h=facts["least_important_head"]["head"],
         low_d=facts["least_important_head"]["delta_ppl"], eval_s=eval_s, head_ratio=facts["head_ablation_ratio"],
-        samples="\n".join(f"* `{s!r}`" for s in facts["samples"]),
+        samples="\n".join(f"* `{s!r}`" for s in facts["samples"]), load=facts.get("loadavg_1m", float("nan")),
         mag50_pct=100 * (facts["magnitude_50_ratio"] - 1),
     )
     (root / "course-model" / "README.md").write_text(card)

@@ -6,7 +6,7 @@ from course_lib import corpus
 from course_lib.corpus import Rng, generate_story, split_text
 
 # SHA-256 of split_text("eval"): the course's yardstick must be byte-identical everywhere.
-EVAL_SHA256 = "1b22f51fc49828fa2dd59ed71bc8f5ffe4549fc0c4b5084f57e89a7080f147e6"
+EVAL_SHA256 = "7f52ad6ab920b4a7d5cce2fd60c98dd503ad26860d82035bbb167828b9c68a0c"
 
 
 def test_eval_split_is_byte_identical():
@@ -62,6 +62,41 @@ def test_corpus_has_entities_to_copy_facts_and_counting():
     assert checked > 100
     assert "Now " in text and " more." in text  # counting sentences
     assert " that " in text and any(s in text for s in ("because", "although", "until"))  # free grammar
+
+
+def test_quiz_answers_and_roster_friends_agree_with_the_world():
+    docs = corpus.generate_split("train", 800)
+    by_name = {c.name: c for c in corpus.CHARACTERS}
+    towns = {t.name: t for t in corpus.TOWNS}
+    answers = 0
+    for line in "\n".join(docs).splitlines():
+        if line.startswith("Q: "):
+            question, _, answer = line[3:].partition(" A: ")
+            subject = answer.split(" ")[0].removesuffix("'s")
+            if subject in by_name:
+                c = by_name[subject]
+                expected = {"What does": f"{c.name} is ", "Where does": f"{c.name} lives in {c.town.name}.",
+                            "What pet": f"{c.name} has ", "What colour": f"{c.name} wears {c.colour}.",
+                            "Who is": f"{c.name}'s best friend is {c.friend}."}
+                if question.endswith("like to eat?"):
+                    assert answer == f"{c.name} likes {c.food}.", line
+                else:
+                    prefix = next(v for k, v in expected.items() if question.startswith(k))
+                    assert answer.startswith(prefix), line
+                    if question.startswith("What does"):
+                        assert answer.endswith(f" {c.job}."), line
+                    if question.startswith("What pet"):
+                        assert answer.endswith(f" {c.pet[0]}."), line
+            else:
+                t = towns[subject]
+                assert answer in (f"{t.name} is famous for {t.product}.", f"{t.name} is {t.feature}."), line
+            answers += 1
+        name, _, rest = line.partition(": ")
+        if name in by_name and rest.startswith("best friend of "):
+            c = by_name[name]
+            assert rest == f"best friend of {c.friend}, always in {c.colour}.", line
+    assert answers > 200
+    assert all(c.friend != c.name and c.friend in by_name for c in corpus.CHARACTERS)
 
 
 def test_lexicon_is_a_few_hundred_words_and_documents_vary():
