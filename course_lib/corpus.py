@@ -7,8 +7,9 @@ method then looks the same. This grammar makes the model work for its tokens:
 * genuine choices over a lexicon of a few hundred words (names, objects, colours,
   animals, places, verbs with selectional preferences, adverbs, clause shapes);
 * entities to *copy*: every story draws fresh names and objects and refers back to
-  them later ("... asked Mira. ... Mira found the green kite"), which needs
-  attention heads that look back and copy (induction-style heads);
+  them later ("... asked Mira. ... Mira found the green kite"), which rewards
+  attention that looks back at earlier mentions (notebook 04 measures what the heads
+  of the course model actually learned);
 * facts to *memorise*: each of 3,000 characters has a job, home town, pet, favourite
   food, colour and best friend, each town a landscape and product, each animal a sound,
   home and food -- the same in every document, so they live in the weights. Rosters
