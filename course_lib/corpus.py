@@ -246,8 +246,9 @@ def _build_world() -> tuple[list[Town], list[Character]]:
         rng, N_CHARACTERS, lambda r: "".join(_syllable(r) for _ in range(1 + r.below(2) + r.below(2))))
     base = [(n, rng.choice(["she", "he"]), rng.choice(_ROLES), rng.choice(towns),
              rng.choice(_ANIMALS), rng.choice(_FOODS)) for n in char_names]
-    # Colours and friends come from a second stream, so adding them left the names and the
-    # older facts of the world unchanged.
+    # Colours and friends come from a second stream of their own. (The names come first from
+    # the main stream, so the first characters' names do not depend on N_CHARACTERS; their
+    # jobs, towns, pets and foods do.)
     extra = Rng(0xF12E5D)
     chars = []
     for i, fields in enumerate(base):
