@@ -43,7 +43,7 @@ FALLBACK_FLUSH_BYTES = 256 * 2**20  # when the cache size is unknown (and the CP
 
 __all__ = [
     "Measurement", "Table", "benchmark", "compare", "peak_memory", "tensor_bytes",
-    "environment", "device_slug", "percentile",
+    "environment", "device_slug", "percentile", "cpu_busy_fraction", "busy_warning",
 ]
 
 
@@ -546,6 +546,51 @@ def environment(device=None) -> dict:
     else:
         env["cpu_cache_bytes"] = _cpu_cache_bytes()
     return env
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs together since boot, from ``/proc/stat`` (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 4:
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    total = sum(fields[:8])
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return total - idle, total
+
+
+def cpu_busy_fraction(interval_s: float = 1.0) -> float | None:
+    """Fraction of all CPUs' time spent busy during the next ``interval_s`` seconds, while
+    this process sleeps: 0.0 on an idle machine, 0.5 when one of two cores is taken by
+    another job. ``None`` where ``/proc/stat`` is unavailable (not Linux).
+
+    Unlike the 1-minute load average, which decays over minutes and still reads about 1.7
+    right after a two-minute job ended, this measures what competes with a benchmark now."""
+    if not (isinstance(interval_s, (int, float)) and 0 < interval_s <= 60):
+        raise ValueError(f"interval_s must be a number of seconds in (0, 60], got {interval_s!r}")
+    before = _cpu_ticks()
+    time.sleep(interval_s)
+    after = _cpu_ticks()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def busy_warning(env: dict, *, interval_s: float = 1.0, threshold: float = 0.25) -> str | None:
+    """Measure :func:`cpu_busy_fraction` into ``env["cpu_busy_at_start"]`` and return a
+    warning (also stored as ``env["warning"]``) when other work used more than
+    ``threshold`` of the CPUs; ``None`` when the machine was quiet or the check is unavailable."""
+    busy = cpu_busy_fraction(interval_s)
+    env["cpu_busy_at_start"] = busy
+    if busy is None or busy <= threshold:
+        return None
+    env["warning"] = (f"machine busy at start ({busy:.0%} of {env.get('cpu_count') or '?'} CPUs in use "
+                      f"by other work over {interval_s:g} s): CPU timings are unreliable")
+    return env["warning"]
 
 
 def device_slug(device=None) -> str:

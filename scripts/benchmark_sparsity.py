@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from course_lib.pruning.nm import nm_mask  # noqa: E402
 from course_lib.sparse_formats import storage_table  # noqa: E402
-from course_lib.timing import benchmark, device_slug, environment, peak_memory, tensor_bytes  # noqa: E402
+from course_lib.timing import benchmark, busy_warning, device_slug, environment, peak_memory, tensor_bytes  # noqa: E402
 
 # weight [out, in] of each Llama-7B linear (hidden 4096, MLP 11008)
 LLAMA7B_SHAPES = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)}
@@ -434,9 +434,7 @@ def main(argv=None) -> dict:
     semi = semi_structured_unavailable(device)
     started = time.time()
     env = environment(device)
-    if env.get("loadavg_1m", 0) > 0.5 * (env["cpu_count"] or 1):
-        env["warning"] = (f"machine busy at start (1-min load average {env['loadavg_1m']:.1f} on "
-                          f"{env['cpu_count']} CPUs): CPU timings are unreliable")
+    if device.type == "cpu" and busy_warning(env):
         print("WARNING:", env["warning"], flush=True)
     if env.get("cpu_affinity", env["torch_threads"]) < env["torch_threads"]:
         print(f"WARNING: {env['torch_threads']} torch threads on {env['cpu_affinity']} usable cores", flush=True)

@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from course_lib.timing import benchmark, device_slug, environment, peak_memory, tensor_bytes  # noqa: E402
+from course_lib.timing import benchmark, busy_warning, device_slug, environment, peak_memory, tensor_bytes  # noqa: E402
 
 LLAMA7B = dict(hidden=4096, heads=32, head_dim=128, intermediate=11008)
 QUICK = dict(hidden=512, heads=4, head_dim=128, intermediate=1376)
@@ -221,9 +221,7 @@ def main(argv=None) -> dict:
     dims = QUICK if args.quick else LLAMA7B
     started = time.time()
     env = environment(device)
-    if env.get("loadavg_1m", 0) > 0.5 * (env["cpu_count"] or 1):
-        env["warning"] = (f"machine busy at start (1-min load average {env['loadavg_1m']:.1f} on "
-                          f"{env['cpu_count']} CPUs): CPU timings are unreliable")
+    if device.type == "cpu" and busy_warning(env):
         print("WARNING:", env["warning"], flush=True)
     if env.get("cpu_affinity", env["torch_threads"]) < env["torch_threads"]:
         print(f"WARNING: {env['torch_threads']} torch threads on {env['cpu_affinity']} usable cores", flush=True)

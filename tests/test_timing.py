@@ -1,5 +1,7 @@
 import json
+import os
 import re
+import threading
 import time
 
 import numpy as np
@@ -8,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib.timing import (Measurement, Table, benchmark, compare, device_slug, environment, peak_memory,
-                               percentile, tensor_bytes)
+from course_lib.timing import (Measurement, Table, benchmark, compare, cpu_busy_fraction, device_slug, environment,
+                               peak_memory, percentile, tensor_bytes)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -373,3 +375,41 @@ def test_benchmark_structured_quick(tmp_path):
     if v == 4:
         assert all(c["max_rel_err"] < 1e-5 for c in checks)
     assert result["settings"]["dims"] == {"hidden": h, "heads": 4, "head_dim": d, "intermediate": i}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="cpu_busy_fraction reads /proc/stat (Linux only)")
+def test_cpu_busy_fraction_sees_a_spinning_thread():
+    quiet = cpu_busy_fraction(0.3)
+    assert 0.0 <= quiet <= 1.0
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        busy = cpu_busy_fraction(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    # one spinning thread takes a whole core: 1/cpu_count of the machine, minus scheduling noise
+    assert busy >= 0.8 / os.cpu_count(), (quiet, busy)
+
+
+def test_busy_warning_records_the_measurement(monkeypatch):
+    import course_lib.timing as timing
+    monkeypatch.setattr(timing, "cpu_busy_fraction", lambda interval_s: 0.6)
+    env = {"cpu_count": 2}
+    assert "60% of 2 CPUs" in timing.busy_warning(env) and env["cpu_busy_at_start"] == 0.6
+    assert env["warning"].endswith("CPU timings are unreliable")
+    monkeypatch.setattr(timing, "cpu_busy_fraction", lambda interval_s: 0.1)
+    env = {"cpu_count": 2}
+    assert timing.busy_warning(env) is None and "warning" not in env
+
+
+@pytest.mark.parametrize("bad", [0, -1, 61, "1", None])
+def test_cpu_busy_fraction_rejects_bad_interval(bad):
+    with pytest.raises(ValueError, match="interval_s"):
+        cpu_busy_fraction(bad)
