@@ -21,3 +21,17 @@ c.OverwriteCells.add_missing_cells = True
 # transformers' log lines. A real error is an `error` output, which is never dropped.
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r"(Warning: |\d+it/s\]|\d+/\d+ \[|\[transformers\]|it/s, )"
+
+# Autograde with the course's executor: it skips ungraded measurement cells tagged
+# `skip-autograde` (students and `pytest --nbval` still run them), and no tag can skip a
+# solution, test or locked cell (nbclient's `skip-execution` tag otherwise can). The rest is
+# nbgrader 0.9's default list; tests/test_grading.py checks that it stays so. The `c.Execute`
+# settings above apply to it (a subclass of nbgrader's Execute).
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,  # noqa: E402
+                                    LimitOutput, SaveAutoGrades)
+
+from course_lib.autograde import SkipTaggedExecute  # noqa: E402
+
+c.Autograde.autograde_preprocessors = [SkipTaggedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                       SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]

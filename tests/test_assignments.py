@@ -6,6 +6,9 @@
   student notebook earns 0 autograded points, and grading it does not crash.
   Scores come from the gradebook. Each full notebook is graded once as the solution and
   once blank; the hostile cases live in test_grading.py on a small fixture.
+* Autograding skips the ungraded measurement cells tagged ``skip-autograde``
+  (course_lib.autograde). The autograded solution must then run without a single error:
+  no kept cell may need a name that only a skipped cell defines.
 """
 
 import shutil
@@ -17,6 +20,7 @@ import nbformat
 import pytest
 
 from course_lib import grading
+from course_lib.autograde import SKIP_TAG, SKIPPED_NOTE, is_nbgrader_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 AIDS = grading.assignments(ROOT)
@@ -89,3 +93,30 @@ def test_blank_notebook_gets_zero(graded, aid):
     score, max_score, cells = grading.scores(course, "blank", aid)
     assert max_score > 0
     assert score == 0, {k: v for k, v in cells.items() if v}
+
+
+def _skip_tagged(nb):
+    return [i for i, c in enumerate(nb.cells) if SKIP_TAG in c.metadata.get("tags", [])]
+
+
+@pytest.mark.parametrize("aid", AIDS)
+def test_skip_tags_only_on_ungraded_code_cells_and_kept_in_release(aid):
+    source = nbformat.read(ROOT / "solutions" / aid / f"{aid}.ipynb", as_version=4)
+    release = nbformat.read(ROOT / "notebooks" / aid / f"{aid}.ipynb", as_version=4)
+    tagged = _skip_tagged(source)
+    for i in tagged:
+        cell = source.cells[i]
+        assert cell.cell_type == "code" and not is_nbgrader_cell(cell), f"{aid} cell {i}"
+    assert [release.cells[i].source for i in _skip_tagged(release)] == [source.cells[i].source for i in tagged]
+
+
+@pytest.mark.parametrize("aid", AIDS)
+def test_autograded_solution_runs_without_errors(graded, aid):
+    course, _ = graded
+    nb = nbformat.read(course / "autograded" / "solution" / aid / f"{aid}.ipynb", as_version=4)
+    errors = [(i, o.ename, o.evalue[:120]) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, f"{aid}: kept cells failed under autograde (a skipped cell defines what they use?)"
+    notes = [i for i, c in enumerate(nb.cells) if [o.get("text") for o in c.get("outputs", [])] == [SKIPPED_NOTE]]
+    source = nbformat.read(ROOT / "solutions" / aid / f"{aid}.ipynb", as_version=4)
+    assert notes == _skip_tagged(source)

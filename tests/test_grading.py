@@ -16,6 +16,7 @@ import nbformat
 import pytest
 
 from course_lib import grading
+from course_lib.autograde import SKIP_TAG, SKIPPED_NOTE
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "grading"
@@ -83,6 +84,17 @@ def _submissions(release: nbformat.NotebookNode) -> dict[str, object]:
     kernel.metadata["kernelspec"] = {"name": "julia-1.9", "display_name": "Julia 1.9", "language": "julia"}
     subs["changed_kernelspec"] = kernel
 
+    tagged = copy.deepcopy(partial)  # tries to skip every test (and solution) cell with a tag
+    for cell in tagged.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id", "").startswith("fx-"):
+            cell.metadata["tags"] = ["skip-execution", SKIP_TAG]
+    subs["skip_tags_on_tests"] = tagged
+
+    untagged = copy.deepcopy(sol)  # removes the tag from the measurement cell: it runs (and fails), ungraded
+    for cell in untagged.cells:
+        cell.metadata.pop("tags", None)
+    subs["measurement_untagged"] = untagged
+
     subs["invalid_json"] = '{"cells": [ this is not json'
     return subs
 
@@ -100,6 +112,8 @@ EXPECTED = {
     "stderr_warnings": TOTAL,
     "calls_reference": 2.0,
     "changed_kernelspec": TOTAL,
+    "skip_tags_on_tests": 2.0,  # the tags are ignored: exactly the partial score (was 4/4 before)
+    "measurement_untagged": TOTAL,
     "invalid_json": None,
 }
 
@@ -172,3 +186,40 @@ def test_summary_table_lists_every_student(graded):
     root, proc = graded
     for student in EXPECTED:
         assert student in proc.stdout
+
+
+def _autograded(root, student):
+    return nbformat.read(root / "autograded" / student / AID / f"{AID}.ipynb", as_version=4)
+
+
+def _measurement_cell(nb):
+    return next(c for c in nb.cells if c.cell_type == "code" and "NBGRADER_EXECUTION" in c.source)
+
+
+def test_tagged_measurement_cell_is_skipped_with_a_note(graded):
+    root, _ = graded
+    cell = _measurement_cell(_autograded(root, "solution"))
+    assert [o.get("text") for o in cell.outputs] == [SKIPPED_NOTE]
+    # without the tag the cell runs under autograde and raises; that costs no points (ungraded)
+    cell = _measurement_cell(_autograded(root, "measurement_untagged"))
+    assert [o.output_type for o in cell.outputs] == ["error"] and "must not run" in cell.outputs[0].evalue
+
+
+def test_skip_tags_on_graded_cells_are_ignored(graded):
+    root, _ = graded
+    nb = _autograded(root, "skip_tags_on_tests")
+    tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert len(tests) == 3 and all(c.execution_count for c in tests)  # executed (a skipped cell has none)
+    assert not any(set(c.metadata.get("tags", [])) & {"skip-execution", SKIP_TAG} for c in tests)
+
+
+def test_config_replaces_only_nbgraders_execute():
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import Execute
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from course_lib.autograde import SkipTaggedExecute
+
+    ours = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config().Autograde.autograde_preprocessors
+    default = Autograde.class_traits()["autograde_preprocessors"].default()
+    assert ours == [SkipTaggedExecute if p is Execute else p for p in default]
