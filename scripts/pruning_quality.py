@@ -17,6 +17,11 @@ Expected, as in the papers (e.g. LLaMA-2-7B on WikiText-2 at 2:4: magnitude 54.5
 11.02, SparseGPT 10.17, dense 5.12 -- Sun et al. 2023, also listed in the authors'
 repository README, github.com/locuslab/wanda): Wanda and SparseGPT far below magnitude.
 
+The course model has no outlier features, and Wanda's lead over magnitude comes from them. So
+the script measures a second time on the same model given outlier features by
+``course_lib.outliers.add_outlier_features``. The reparametrisation leaves the model's
+function unchanged, but it hands magnitude the same trap that real LLMs do.
+
 Calibration: ``course_lib.data.batches("train", ...)`` with a fixed seed (the papers use
 128 sequences of 2048 tokens from C4; the course model sees 256-token blocks of its own
 corpus). Perplexity: ``course_lib.perplexity`` on the eval split (all of it by default).
@@ -44,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import course_lib  # noqa: E402
 from course_lib.data import batches  # noqa: E402
+from course_lib.outliers import add_outlier_features  # noqa: E402
 from course_lib.pruning.common import model_sparsity  # noqa: E402
 from course_lib.pruning.magnitude import magnitude_prune  # noqa: E402
 from course_lib.pruning.nm import is_nm_sparse, nm_prune  # noqa: E402
@@ -56,6 +62,9 @@ SPARSITIES = tuple(round(0.1 * i, 1) for i in range(10))  # 0.0, 0.1, ..., 0.9
 PATTERNS = ((2, 4), (4, 8))
 CALIB = dict(split="train", n_batches=16, batch_size=4, seq_len=256, seed=0)  # 16 x 4 x 256 = 16,384 tokens
 SPARSEGPT = dict(blocksize=128, percdamp=0.01)
+# outlier features: k evenly spaced hidden dims (j * hidden // k), activations x20, weights /20
+OUTLIER_COUNTS, OUTLIER_SCALE = (4, 16), 20.0
+OUTLIER_METHODS = ("magnitude-layer", "wanda", "sparsegpt")
 DEFAULT_OUT = ROOT / "data" / "results" / "pruning_quality.json"
 
 
@@ -133,6 +142,29 @@ def measure(model, calib_batches, sparsities=SPARSITIES, patterns=PATTERNS, meth
     return {"dense_ppl": dense, "results": rows}
 
 
+def outlier_channels(hidden: int, k: int) -> list[int]:
+    """``k`` evenly spaced hidden dimensions: an arbitrary choice, not the most important ones."""
+    if not 0 < k <= hidden:
+        raise ValueError(f"k must be in 1..{hidden}, got {k}")
+    return [j * (hidden // k) for j in range(k)]
+
+
+def measure_outliers(model, calib_batches, counts=OUTLIER_COUNTS, scale: float = OUTLIER_SCALE,
+                     methods=OUTLIER_METHODS, max_tokens: int | None = None, progress: bool = True) -> dict:
+    """:func:`measure` at 50 % and 2:4 on copies of ``model`` with ``k`` outlier features, for
+    each ``k`` in ``counts`` -> ``{"scale", "counts", "rows"}``. Each row carries ``k``, ``channels`` and
+    ``dense_ppl`` (the reparametrised model: equal to the original up to rounding)."""
+    import copy
+
+    rows = []
+    for k in counts:
+        channels = outlier_channels(model.config.hidden_size, k)
+        twin = add_outlier_features(copy.deepcopy(model), channels, scale)
+        part = measure(twin, calib_batches, (0.5,), ((2, 4),), methods, max_tokens=max_tokens, progress=progress)
+        rows += [{**r, "k": k, "channels": channels, "dense_ppl": part["dense_ppl"]} for r in part["results"]]
+    return {"scale": scale, "counts": list(counts), "channel_rule": "j * (hidden // k), j = 0..k-1", "rows": rows}
+
+
 def lookup(results: dict, method: str, pattern: str = "unstructured", sparsity: float | None = None) -> float:
     """The perplexity of one row of a :func:`measure` result (or of the JSON file)."""
     for row in results["results"]:
@@ -187,8 +219,12 @@ def main(argv=None):
     model, _ = course_lib.load_course_model()
     calib_batches = batches(**calib)
     results = measure(model, calib_batches, sparsities, patterns, METHODS, max_tokens=max_tokens)
+    results["outlier_features"] = measure_outliers(model, calib_batches, max_tokens=max_tokens)
     wall = time.time() - t0
     print(table(results))
+    print(f"\nwith outlier features (x{OUTLIER_SCALE:g}; the model's function unchanged):")
+    for r in results["outlier_features"]["rows"]:
+        print(f"  k={r['k']:3d} {r['method']:16s} {r['pattern']:13s} ppl {r['ppl']:8.4g}   (dense {r['dense_ppl']:.4g})")
     print(f"wall time {wall:.1f} s")
 
     out = Path(args.out) if args.out else (None if args.quick else DEFAULT_OUT)

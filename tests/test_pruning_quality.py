@@ -5,6 +5,9 @@ model (its dense perplexity is recomputed) and show the orderings the course tea
 (Sun et al. 2023, arXiv:2306.11695; Frantar & Alistarh 2023, arXiv:2301.00774): SparseGPT
 well below magnitude pruning at 50 % and at N:M; Wanda below magnitude at N:M and below a
 global threshold, and level with per-layer magnitude at 50 % unstructured on this small model.
+Given outlier features by a function-preserving reparametrisation (course_lib.outliers), the
+same model shows the papers' ordering: Wanda (unchanged, exactly) and SparseGPT well below
+magnitude, which gets worse the more outlier dimensions there are.
 """
 
 import importlib.util
@@ -12,6 +15,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import course_lib
 from course_lib.data import batches
@@ -137,3 +141,49 @@ def test_committed_perplexity_grows_with_sparsity(script, committed):
         ppls = [script.lookup(committed, method, "unstructured", round(0.1 * i, 1)) for i in range(10)]
         assert ppls[0] == pytest.approx(committed["dense_ppl"], rel=1e-6)
         assert all(b >= a * 0.99 for a, b in zip(ppls, ppls[1:])), (method, ppls)
+
+
+def test_tiny_outlier_run_keeps_wanda_and_restores_the_model(script, tiny_run):
+    model, before, plain = tiny_run
+    calib = batches("train", n_batches=2, batch_size=2, seq_len=64, seed=0)
+    out = script.measure_outliers(model, calib, counts=(2,), methods=("magnitude-layer", "wanda"),
+                                  max_tokens=1024, progress=False)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert out["counts"] == [2] and len(out["rows"]) == 4
+    for row in out["rows"]:
+        assert row["k"] == 2 and row["channels"] == [0, 96]
+        assert row["dense_ppl"] == pytest.approx(plain["dense_ppl"], rel=1e-4)
+        if row["method"] == "wanda":  # Wanda's score is invariant to the reparametrisation
+            same = script.lookup(plain, "wanda", row["pattern"], 0.5)
+            assert row["ppl"] == pytest.approx(same, rel=1e-4)
+
+
+def test_outlier_channels():
+    _script = _load_script()
+    assert _script.outlier_channels(192, 4) == [0, 48, 96, 144]
+    with pytest.raises(ValueError, match="k must be"):
+        _script.outlier_channels(192, 0)
+
+
+def test_committed_outlier_features_give_the_papers_ordering(script, committed):
+    out = committed["outlier_features"]
+    assert out["counts"] == list(script.OUTLIER_COUNTS) and out["scale"] == script.OUTLIER_SCALE
+    dense = committed["dense_ppl"]
+
+    def ppl(k, method, pattern):
+        return next(r["ppl"] for r in out["rows"] if (r["k"], r["method"], r["pattern"]) == (k, method, pattern))
+
+    for pattern in ("unstructured", "2:4"):
+        magnitude = [ppl(k, "magnitude-layer", pattern) for k in out["counts"]]
+        # magnitude throws the shrunken columns away: worse than on the plain model, and worse with k
+        assert magnitude[0] > script.lookup(committed, "magnitude-layer", pattern, 0.5)
+        assert magnitude == sorted(magnitude)
+        for k in out["counts"]:
+            # Wanda is exactly invariant; SparseGPT nearly (its damping depends on diag(H))
+            assert ppl(k, "wanda", pattern) == pytest.approx(script.lookup(committed, "wanda", pattern, 0.5), rel=1e-3)
+            assert ppl(k, "sparsegpt", pattern) == pytest.approx(script.lookup(committed, "sparsegpt", pattern, 0.5),
+                                                                 rel=0.02)
+        k = out["counts"][-1]
+        for method in ("wanda", "sparsegpt"):  # "well below": less than half of magnitude's damage
+            assert ppl(k, method, pattern) - dense < 0.5 * (ppl(k, "magnitude-layer", pattern) - dense)
+    assert all(r["dense_ppl"] == pytest.approx(dense, rel=1e-4) for r in out["rows"])
