@@ -1,9 +1,9 @@
 """Give a Llama-family model outlier features without changing what it computes.
 
-Large LLMs carry a few hidden dimensions whose activations are 10-100x larger than the rest
-(Dettmers et al. 2022, "LLM.int8()", arXiv:2208.07339: they emerge from about 6.7B
-parameters). Wanda (Sun et al. 2023) owes its lead over magnitude pruning to them. A small
-model such as the course model has none: its input-channel norms are nearly flat.
+Large LLMs carry a few hidden dimensions whose activations are far larger than the rest
+(Dettmers et al. 2022, "LLM.int8()", arXiv:2208.07339: they become systematic from about
+6.7B parameters). Wanda (Sun et al. 2023) was designed around them. A small model such as
+the course model has none: its input-channel norms are nearly flat (notebook 07, section 1).
 
 :func:`add_outlier_features` creates such dimensions by a *function-preserving
 reparametrisation*. In every decoder layer, for each chosen hidden dimension ``j``:
