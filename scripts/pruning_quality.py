@@ -205,7 +205,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help=f"JSON path (default {DEFAULT_OUT.relative_to(ROOT)}; "
                                                 "--quick writes only with --out)")
     ap.add_argument("--quick", action="store_true", help="3 sparsities, 2:4 only, 2 calibration batches, "
-                                                         "8192 eval tokens")
+                                                         "8192 eval tokens, 4 outlier dims only")
     ap.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first N eval tokens only")
     args = ap.parse_args(argv)
 
@@ -219,7 +219,8 @@ def main(argv=None):
     model, _ = course_lib.load_course_model()
     calib_batches = batches(**calib)
     results = measure(model, calib_batches, sparsities, patterns, METHODS, max_tokens=max_tokens)
-    results["outlier_features"] = measure_outliers(model, calib_batches, max_tokens=max_tokens)
+    results["outlier_features"] = measure_outliers(model, calib_batches, counts=(4,) if args.quick else OUTLIER_COUNTS,
+                                                  max_tokens=max_tokens)
     wall = time.time() - t0
     print(table(results))
     print(f"\nwith outlier features (x{OUTLIER_SCALE:g}; the model's function unchanged):")
