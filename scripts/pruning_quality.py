@@ -36,6 +36,7 @@ the committed JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -154,8 +155,6 @@ def measure_outliers(model, calib_batches, counts=OUTLIER_COUNTS, scale: float =
     """:func:`measure` at 50 % and 2:4 on copies of ``model`` with ``k`` outlier features, for
     each ``k`` in ``counts`` -> ``{"scale", "counts", "rows"}``. Each row carries ``k``, ``channels`` and
     ``dense_ppl`` (the reparametrised model: equal to the original up to rounding)."""
-    import copy
-
     rows = []
     for k in counts:
         channels = outlier_channels(model.config.hidden_size, k)
