@@ -17,6 +17,14 @@ from .nm import is_nm_sparse, nm_mask, nm_prune, semi_structured_support, to_sem
 from .channels import channel_importance, channel_mask, remove_ffn_channels  # noqa: F401
 from .heads import head_gates, head_importance, head_mask, remove_heads  # noqa: F401
 from .structure import layer_structure, load_pruned, save_pruned  # noqa: F401
+from .depth import (  # noqa: F401
+    block_influence,
+    layer_gates,
+    layer_importance,
+    layer_mask,
+    layers_to_remove,
+    remove_layers,
+)
 from .calibration import input_channel_norms  # noqa: F401
 from .movement import (  # noqa: F401
     cubic_sparsity,
