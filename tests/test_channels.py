@@ -262,3 +262,168 @@ def test_property_any_removal_equals_masked_model(removed):
         remove_ffn_channels(model, chans)
         torch.testing.assert_close(model(_IDS).logits, masked, rtol=0, atol=1e-5)
     assert widths(model) == [96 - len(s) for s in removed]
+
+
+# ----------------------------------------------------------------------------- bias compensation (FLAP)
+
+from course_lib.pruning import load_pruned, save_pruned  # noqa: E402
+from course_lib.pruning.channels import (  # noqa: E402
+    channel_fluctuation,
+    channel_mean_mask,
+    channel_means,
+    compensation_biases,
+    remove_ffn_channels_compensated,
+)
+
+
+def mlp_inputs(model, batches):
+    """Every layer's MLP input on every calibration token: ``{layer: [N, hidden]}``."""
+    xs = {i: [] for i in range(len(model.model.layers))}
+    hooks = [layer.mlp.register_forward_pre_hook(lambda mod, args, i=i: xs[i].append(args[0].reshape(-1, 64)))
+             for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        for b in batches:
+            model(b["input_ids"])
+    for h in hooks:
+        h.remove()
+    return {i: torch.cat(v) for i, v in xs.items()}
+
+
+def test_channel_means_and_fluctuation_against_recomputed_activations():
+    model = tiny_model("qwen2")
+    batches = rand_batches(2)
+    xs = mlp_inputs(model, batches)
+    means, fluct = channel_means(model, batches), channel_fluctuation(model, batches)
+    for i, x in xs.items():
+        mlp = model.model.layers[i].mlp
+        a = (torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x)).double()  # [N, I]
+        torch.testing.assert_close(means[i], a.mean(0).float(), rtol=1e-5, atol=1e-7)
+        expect = a.var(0, unbiased=True) * mlp.down_proj.weight.double().pow(2).sum(0)
+        torch.testing.assert_close(fluct[i], expect.float(), rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compensated_removal_equals_mean_filled_model(kind):
+    model = tiny_model(kind)
+    batches = rand_batches(2)
+    means = channel_means(model, batches)
+    chans = {0: [0, 3, 50, 95], 1: list(range(10, 70))}
+    ids = rand_ids()
+    with torch.no_grad():
+        plain = model(ids).logits
+        with channel_mean_mask(model, chans, means):
+            filled = model(ids).logits
+        with channel_mask(model, chans):
+            zeroed = model(ids).logits
+        biases = remove_ffn_channels_compensated(model, chans, means)
+        pruned = model(ids).logits
+    torch.testing.assert_close(pruned, filled, rtol=0, atol=1e-5)
+    assert not torch.allclose(pruned, zeroed, atol=1e-4) and not torch.allclose(pruned, plain, atol=1e-4)
+    assert widths(model) == [92, 36] and set(biases) == {0, 1}
+    if kind in ("mha", "gqa"):  # Llama: the config now builds biases on every MLP linear
+        assert model.config.mlp_bias is True
+        assert all(getattr(layer.mlp, n).bias is not None for layer in model.model.layers
+                   for n in ("gate_proj", "up_proj", "down_proj"))
+
+
+def test_compensation_is_exact_for_constant_channels():
+    # Llama with MLP biases; channels whose gate/up rows are zero output a_j = silu(b_gate) * b_up
+    # on every token, so replacing them by their mean changes nothing
+    model = tiny_model("gqa", mlp_bias=True)
+    const = {0: [2, 7, 40], 1: list(range(30))}
+    with torch.no_grad():
+        for i, cs in const.items():
+            mlp = model.model.layers[i].mlp
+            for name in ("gate_proj", "up_proj"):
+                getattr(mlp, name).weight[cs] = 0
+                getattr(mlp, name).bias[cs] = torch.randn(len(cs))
+    batches = rand_batches(1)
+    means = channel_means(model, batches)
+    for i, cs in const.items():
+        mlp = model.model.layers[i].mlp
+        expect = torch.nn.functional.silu(mlp.gate_proj.bias[cs]) * mlp.up_proj.bias[cs]
+        torch.testing.assert_close(means[i, cs], expect.detach(), rtol=1e-5, atol=1e-6)
+        assert channel_fluctuation(model, batches)[i, cs].abs().max() < 1e-9
+    ids = rand_ids()
+    with torch.no_grad():
+        plain = model(ids).logits
+        uncompensated = copy.deepcopy(model)
+        remove_ffn_channels(uncompensated, const)
+        remove_ffn_channels_compensated(model, const, means)
+        torch.testing.assert_close(model(ids).logits, plain, rtol=0, atol=2e-5)
+        assert not torch.allclose(uncompensated(ids).logits, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["gqa", "qwen2"])
+def test_compensation_lowers_calibration_output_error_by_the_bias_norm(kind):
+    # per layer, on the calibration tokens: error without compensation = mean ||r_t||^2 with r_t the
+    # removed channels' contribution; with it, mean ||r_t - mean r||^2 = that minus ||bias||^2
+    model = tiny_model(kind)
+    batches = rand_batches(2)
+    xs = mlp_inputs(model, batches)
+    chans = {0: list(range(0, 96, 2)), 1: list(range(48))}
+    means = channel_means(model, batches)
+    with torch.no_grad():
+        dense = {i: model.model.layers[i].mlp(x) for i, x in xs.items()}
+        plain, comp = copy.deepcopy(model), copy.deepcopy(model)
+        remove_ffn_channels(plain, chans)
+        biases = remove_ffn_channels_compensated(comp, chans, means)
+        for i, x in xs.items():
+            err_plain = (plain.model.layers[i].mlp(x) - dense[i]).pow(2).sum(-1).mean().item()
+            err_comp = (comp.model.layers[i].mlp(x) - dense[i]).pow(2).sum(-1).mean().item()
+            assert err_comp < err_plain
+            assert err_plain - err_comp == pytest.approx(biases[i].pow(2).sum().item(), rel=1e-3)
+    torch.testing.assert_close(compensation_biases(model, chans, means)[1], biases[1])
+
+
+@pytest.mark.parametrize("kind", ["gqa", "mistral", "qwen2"])
+def test_compensated_model_saves_and_reloads(kind, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(kind)
+    means = channel_means(model, rand_batches(1))
+    ids = rand_ids()
+    uneven = copy.deepcopy(model)
+    remove_ffn_channels_compensated(uneven, {0: [1, 2, 3], 1: list(range(40))}, means)
+    with torch.no_grad():
+        save_pruned(uneven, tmp_path / "uneven")
+        torch.testing.assert_close(load_pruned(tmp_path / "uneven")(ids).logits, uneven(ids).logits, rtol=0, atol=0)
+        if kind == "gqa":  # uniform widths + config.mlp_bias: plain from_pretrained works too
+            remove_ffn_channels_compensated(model, {0: list(range(16)), 1: list(range(16, 32))}, means)
+            model.save_pretrained(tmp_path / "hf")
+            loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+            torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_compensation_rejects_bad_means_and_changes_nothing():
+    model = tiny_model("gqa")
+    means = channel_means(model, rand_batches(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad_nan = means.clone()
+    bad_nan[1, 5] = float("nan")
+    for m, exc, match in [(means[:1], ValueError, "shape"), (means[:, :50], ValueError, "shape"),
+                          (bad_nan, ValueError, "NaN"), (means.tolist(), TypeError, "float tensor"),
+                          (means.long(), TypeError, "float tensor")]:
+        with pytest.raises(exc, match=match):
+            remove_ffn_channels_compensated(model, {1: [0, 1]}, m)
+    with pytest.raises(ValueError, match="removing all 96"):
+        remove_ffn_channels_compensated(model, {0: list(range(96))}, means)
+    with pytest.raises(ValueError, match="duplicate"):
+        channel_mean_mask(model, {0: [1, 1]}, means)
+    assert widths(model) == [96, 96] and model.config.mlp_bias is False
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(len(layer.mlp.down_proj._forward_pre_hooks) == 0 for layer in model.model.layers)
+
+
+def test_recorded_down_bias_must_be_true(tmp_path):
+    import json
+
+    model = tiny_model("qwen2")
+    remove_ffn_channels_compensated(model, {0: [1, 2]}, channel_means(model, rand_batches(1)))
+    save_pruned(model, tmp_path)
+    record = json.loads((tmp_path / "pruned_structure.json").read_text())
+    assert [layer.get("down_proj_bias") for layer in record["layers"]] == [True, None]
+    record["layers"][0]["down_proj_bias"] = False
+    (tmp_path / "pruned_structure.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="must be true"):
+        load_pruned(tmp_path)

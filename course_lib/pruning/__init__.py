@@ -15,6 +15,13 @@ from .magnitude import (  # noqa: F401
 )
 from .nm import is_nm_sparse, nm_mask, nm_prune, semi_structured_support, to_semi_structured  # noqa: F401
 from .channels import channel_importance, channel_mask, remove_ffn_channels  # noqa: F401
+from .channels import (  # noqa: F401
+    channel_fluctuation,
+    channel_mean_mask,
+    channel_means,
+    compensation_biases,
+    remove_ffn_channels_compensated,
+)
 from .heads import head_gates, head_importance, head_mask, remove_heads  # noqa: F401
 from .structure import layer_structure, load_pruned, save_pruned  # noqa: F401
 from .depth import (  # noqa: F401

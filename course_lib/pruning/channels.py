@@ -159,3 +159,188 @@ def remove_ffn_channels(model: nn.Module, channels: dict[int, list[int]]) -> Non
         slice_linear_(mlp.down_proj, cols=kept)
         mlp.intermediate_size = kept.numel()
     update_config_if_uniform(model)
+
+
+# ----------------------------------------------------------------------------------
+# Bias compensation (FLAP: An et al. 2024, "Fluctuation-based Adaptive Structured Pruning
+# for Large Language Models", AAAI, arXiv:2312.11983)
+#
+# Removing channel j sets a_j to 0, an error of down_proj.weight[:, j] * a_j on every token.
+# Replacing a_j by its calibration mean m_j instead leaves only the fluctuation around the
+# mean, and the constant part folds into down_proj's bias once the channel is gone:
+#
+#     sum_{j removed} W[:, j] * m_j  =  W[:, R] @ m[R]                  # [hidden]
+#
+# On the calibration tokens this is the constant that minimises the squared output error
+# (the mean), so the error drops by exactly ||W[:, R] @ m[R]||^2 per token.
+#
+# Where the bias goes: Llama's MLP builds its linears with ``bias=config.mlp_bias``, so the
+# compensated Llama gets ``config.mlp_bias = True`` and a bias on gate/up/down of *every*
+# layer (zero on gate/up and on uncompensated layers): the config then describes the model,
+# and ``save_pretrained``/``from_pretrained`` round-trip it. Mistral's and Qwen2's MLPs have
+# no bias option (always ``bias=False``): their compensated ``down_proj`` gets a bias, which
+# ``course_lib.pruning.save_pruned`` records per layer (``"down_proj_bias": true``) and
+# ``load_pruned`` restores; plain ``from_pretrained`` would drop it (with transformers'
+# "unexpected keys" report), so save such models with ``save_pruned``.
+
+
+def _down_input_moments(model: nn.Module, batches) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+    """Per layer: float64 sums of ``a`` and ``a**2`` over every token at the input of
+    ``down_proj`` (``[I]`` each), and the token count."""
+    sizes = channels_per_layer(model)
+    batches = check_batches(batches)
+    layers = model.model.layers
+    sums = [torch.zeros(n, dtype=torch.float64) for n in sizes]
+    squares = [torch.zeros(n, dtype=torch.float64) for n in sizes]
+    counts = [0] * len(sizes)
+
+    def hook_for(i):
+        def hook(module, args):
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # [B*T, I]
+            sums[i] += a.sum(dim=0).cpu()
+            squares[i] += a.pow(2).sum(dim=0).cpu()
+            counts[i] += a.shape[0]
+
+        return hook
+
+    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook_for(i)) for i, layer in enumerate(layers)]
+    try:
+        with _EvalMode(model), torch.no_grad():
+            for batch in batches:
+                lm_loss(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return sums, squares, counts
+
+
+def channel_means(model: nn.Module, batches) -> torch.Tensor:
+    """Mean of every FFN channel ``a_j`` over every token of ``batches``: float32
+    ``[layers, intermediate]`` on CPU (NaN-padded like :func:`channel_importance`).
+
+    The baseline that :func:`remove_ffn_channels_compensated` folds into ``down_proj``'s bias.
+    """
+    sums, _, counts = _down_input_moments(model, batches)
+    return pad_rows([s / c for s, c in zip(sums, counts)])
+
+
+def channel_fluctuation(model: nn.Module, batches) -> torch.Tensor:
+    """FLAP's fluctuation score of every FFN channel: float32 ``[layers, intermediate]`` (higher = keep).
+
+    ``S_j = var_t(a_j) * ||down_proj.weight[:, j]||^2``, the sample variance (``N - 1``) over
+    every token of ``batches``: the output error left when ``a_j`` is replaced by its mean,
+    i.e. what removing the channel costs *after* bias compensation (An et al. 2024, eq. 4).
+    """
+    sums, squares, counts = _down_input_moments(model, batches)
+    rows = []
+    for s, q, n, layer in zip(sums, squares, counts, model.model.layers):
+        if n < 2:
+            raise ValueError(f"channel_fluctuation needs at least 2 tokens, got {n}")
+        var = ((q - s * s / n) / (n - 1)).clamp_min(0.0)  # [I]
+        rows.append(var * layer.mlp.down_proj.weight.detach().double().pow(2).sum(dim=0).cpu())
+    return pad_rows(rows)
+
+
+def _check_means(model: nn.Module, channels: dict, means) -> tuple[dict[int, list[int]], torch.Tensor]:
+    sizes = channels_per_layer(model)
+    channels = check_index_dict(channels, sizes, "channels")
+    if not isinstance(means, torch.Tensor) or not means.dtype.is_floating_point:
+        raise TypeError("means must be a float tensor [layers, intermediate] (from channel_means)")
+    if means.dim() != 2 or means.shape[0] != len(sizes) or means.shape[1] < max(sizes):
+        raise ValueError(
+            f"means has shape {tuple(means.shape)}, the model needs [{len(sizes)}, {max(sizes)}]: "
+            "compute it with channel_means on the model as it is now"
+        )
+    for i in channels:
+        if not torch.isfinite(means[i, :sizes[i]]).all():
+            raise ValueError(f"means[{i}] has NaN/inf entries among the layer's {sizes[i]} channels")
+    return channels, means.detach().cpu()
+
+
+@torch.no_grad()
+def compensation_biases(model: nn.Module, channels: dict[int, list[int]], means: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The plan: ``{layer: down_proj.weight[:, removed] @ means[layer, removed]}`` (``[hidden]``,
+    float32 on CPU), the removed channels' mean contribution, for every layer in ``channels``."""
+    channels, means = _check_means(model, channels, means)
+    out = {}
+    for i, removed in channels.items():
+        w = model.model.layers[i].mlp.down_proj.weight.detach().double().cpu()  # [hidden, I]
+        idx = torch.tensor(removed, dtype=torch.long)
+        out[i] = (w[:, idx] @ means[i, idx].double()).float()
+    return out
+
+
+class ChannelFill:
+    """Forward pre-hooks on ``down_proj`` that replace the given channels by constants:
+    ``a_j := fill[layer][j]``. The *masked oracle* of a compensated removal."""
+
+    def __init__(self, model: nn.Module, channels: dict[int, list[int]], means: torch.Tensor):
+        channels, means = _check_means(model, channels, means)
+        sizes = channels_per_layer(model)
+        self._handles = []
+        for i, removed in channels.items():
+            keep = torch.ones(sizes[i], dtype=torch.bool)
+            keep[removed] = False
+            fill = torch.where(keep, torch.zeros(()), means[i, :sizes[i]].float())  # [I]
+            down = model.model.layers[i].mlp.down_proj
+            self._handles.append(down.register_forward_pre_hook(self._hook(keep, fill)))
+
+    @staticmethod
+    def _hook(keep: torch.Tensor, fill: torch.Tensor):
+        def hook(module, args):
+            x = args[0]  # [B, T, I]
+            k, f = keep.to(x.device), fill.to(device=x.device, dtype=x.dtype)
+            return (torch.where(k, x, f),) + tuple(args[1:])
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "ChannelFill":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def channel_mean_mask(model: nn.Module, channels: dict[int, list[int]], means: torch.Tensor) -> ChannelFill:
+    """Channels ``{layer: [channel, ...]}`` replaced by their ``means`` (from :func:`channel_means`):
+    what :func:`remove_ffn_channels_compensated` must reproduce. ``with channel_mean_mask(...): ...``."""
+    return ChannelFill(model, channels, means)
+
+
+def _zero_bias(linear: nn.Linear) -> None:
+    if linear.bias is None:
+        w = linear.weight
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=w.dtype, device=w.device),
+                                   requires_grad=w.requires_grad)
+
+
+@torch.no_grad()
+def remove_ffn_channels_compensated(model: nn.Module, channels: dict[int, list[int]],
+                                    means: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Remove FFN channels like :func:`remove_ffn_channels` and add their mean contribution
+    (:func:`compensation_biases`) to ``down_proj``'s bias, in place; returns the added biases.
+
+    The result computes what :func:`channel_mean_mask` computes. Where the bias lives per
+    architecture (``config.mlp_bias`` for Llama, a recorded ``down_proj`` bias otherwise)
+    is explained above this function in the source and in the course notes. Raises like
+    :func:`remove_ffn_channels`, and for ``means`` of the wrong shape or with NaN; nothing
+    is changed when it raises.
+    """
+    biases = compensation_biases(model, channels, means)  # validates; reads the columns before they go
+    remove_ffn_channels(model, channels)
+    layers = model.model.layers
+    if hasattr(model.config, "mlp_bias"):  # Llama: the config can say "MLP linears have biases"
+        model.config.mlp_bias = True
+        for layer in layers:
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                _zero_bias(getattr(layer.mlp, name))
+    for i, b in biases.items():
+        down = layers[i].mlp.down_proj
+        _zero_bias(down)
+        down.bias.add_(b.to(device=down.bias.device, dtype=down.bias.dtype))
+    return biases

@@ -17,6 +17,11 @@ config. :func:`save_pruned` therefore writes the ordinary ``save_pretrained`` ou
 and :func:`load_pruned` builds the model from the config, reshapes each layer to its
 recorded structure and loads the weights strictly (no missing or unexpected keys).
 
+A layer whose ``down_proj`` has a bias that its config would not build (bias compensation
+on Mistral/Qwen2, whose MLPs have no bias option; see
+:func:`course_lib.pruning.channels.remove_ffn_channels_compensated`) also records
+``"down_proj_bias": true``; :func:`load_pruned` gives that layer's ``down_proj`` a bias.
+
 One catch: some config classes validate the head count against the hidden size
 (transformers 5's ``LlamaConfig`` wants ``hidden_size % num_attention_heads == 0`` even
 when ``head_dim`` is given), so e.g. 6 heads of 32 in a 256-wide Llama cannot be saved by
@@ -41,6 +46,7 @@ from .heads import attention_shape, config_error, set_attention_heads
 STRUCTURE_FILE = "pruned_structure.json"
 STRUCTURE_FORMAT = "course_lib.pruned_structure"
 STRUCTURE_KEYS = ("num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size")
+DOWN_BIAS_KEY = "down_proj_bias"  # optional, only ever true: a down_proj bias the config does not build
 
 
 def layer_structure(model: nn.Module) -> list[dict[str, int]]:
@@ -53,7 +59,10 @@ def layer_structure(model: nn.Module) -> list[dict[str, int]]:
     out = []
     for layer, width in zip(model.model.layers, widths):
         h, k, d = attention_shape(layer.self_attn)
-        out.append({"num_attention_heads": h, "num_key_value_heads": k, "head_dim": d, "intermediate_size": width})
+        spec = {"num_attention_heads": h, "num_key_value_heads": k, "head_dim": d, "intermediate_size": width}
+        if layer.mlp.down_proj.bias is not None and not getattr(model.config, "mlp_bias", False):
+            spec[DOWN_BIAS_KEY] = True
+        out.append(spec)
     return out
 
 
@@ -138,8 +147,11 @@ def _read_structure(path: Path, n_layers: int) -> list[dict[str, int]]:
         n = len(layers) if isinstance(layers, list) else "?"
         raise ValueError(f"{file} describes {n} layers, config has {n_layers}")
     for i, spec in enumerate(layers):
-        if not isinstance(spec, dict) or set(spec) != set(STRUCTURE_KEYS):
-            raise ValueError(f"{file}: layer {i} must have exactly the keys {STRUCTURE_KEYS}")
+        if not isinstance(spec, dict) or set(spec) - {DOWN_BIAS_KEY} != set(STRUCTURE_KEYS):
+            raise ValueError(f"{file}: layer {i} must have exactly the keys {STRUCTURE_KEYS} "
+                             f"(and optionally {DOWN_BIAS_KEY!r})")
+        if spec.get(DOWN_BIAS_KEY, True) is not True:
+            raise ValueError(f"{file}: layer {i} {DOWN_BIAS_KEY!r} must be true when present, got {spec[DOWN_BIAS_KEY]!r}")
         if not all(isinstance(spec[k], int) and spec[k] > 0 for k in STRUCTURE_KEYS):
             raise ValueError(f"{file}: layer {i} sizes must be positive ints, got {spec}")
         if spec["num_attention_heads"] % spec["num_key_value_heads"]:
@@ -169,7 +181,9 @@ def reshape_layer(layer: nn.Module, spec: dict[str, int], layer_idx: int = 0) ->
     set_attention_heads(attn, h, k)
     mlp.gate_proj = _new_linear(mlp.gate_proj, hidden, inter)
     mlp.up_proj = _new_linear(mlp.up_proj, hidden, inter)
-    mlp.down_proj = _new_linear(mlp.down_proj, inter, mlp.down_proj.out_features)
+    down = mlp.down_proj
+    mlp.down_proj = nn.Linear(inter, down.out_features, bias=down.bias is not None or spec.get(DOWN_BIAS_KEY, False),
+                              dtype=down.weight.dtype, device=down.weight.device)
     mlp.intermediate_size = inter
 
 
