@@ -223,3 +223,62 @@ def test_tensor_indices_and_non_llama_model():
                  lambda: block_influence(gpt2, rand_batches(1))):
         with pytest.raises(ValueError, match="Llama layout"):
             call()
+
+
+# ----------------------------------------------------------------------------- committed results
+
+def test_committed_structured_beyond_json_holds_on_the_committed_model():
+    """data/results/structured_beyond.json (scripts/structured_beyond.py): the numbers that can be
+    recomputed in seconds are recomputed; the orderings the course states are checked as measured."""
+    import importlib.util
+    import json
+
+    import course_lib
+    from course_lib.data import batches
+
+    path = course_lib.data_dir().parent / "scripts" / "structured_beyond.py"
+    spec = importlib.util.spec_from_file_location("structured_beyond", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    res = json.loads((course_lib.data_dir() / "results" / "structured_beyond.json").read_text())
+    assert res["mode"] == "full" and res["settings"]["calib"] == script.CALIB
+    assert res["settings"]["eval_tokens"] == script.EVAL_TOKENS
+
+    model, _ = course_lib.load_course_model()
+    n_tokens = res["settings"]["eval_tokens"]
+    assert course_lib.perplexity(model, max_tokens=n_tokens) == pytest.approx(res["dense_ppl"], rel=1e-4)
+    bi = block_influence(model, batches(**script.CALIB))
+    torch.testing.assert_close(bi, torch.tensor(res["depth"]["block_influence"]), rtol=1e-4, atol=1e-5)
+    one = res["depth"]["budgets"][0]
+    assert layers_to_remove(bi, one["layers_removed"]) == one["block_influence"]["layers"]
+    pruned = copy.deepcopy(model)
+    remove_layers(pruned, one["block_influence"]["layers"])
+    assert course_lib.perplexity(pruned, max_tokens=n_tokens) == pytest.approx(one["block_influence"]["ppl"], rel=1e-4)
+    speed = {(r["variant"], r["tokens"]): r for r in res["speed"]}
+    for t in res["settings"]["speed"]["tokens"]:
+        assert speed[("dense", t)]["flops"] == script.forward_flops(model, t)
+        assert speed[(f"depth-{one['layers_removed']}-layers", t)]["flops"] == script.forward_flops(pruned, t)
+
+    for d, c, h in zip(res["depth"]["budgets"], res["channels"]["budgets"], res["heads"]["budgets"]):
+        subsets = [s["ppl"] for s in res["depth"]["subsets"] if len(s["layers"]) == d["layers_removed"]]
+        assert d["oracle_best"]["ppl"] == min(subsets) and d["all_subsets"]["n"] == len(subsets)
+        # block influence: far better than random layers, within 15 % of the best subset
+        assert d["block_influence"]["ppl"] < d["random"]["mean"] and d["block_influence"]["ppl"] < d["all_subsets"]["mean"]
+        assert d["block_influence"]["ppl"] <= 1.15 * d["oracle_best"]["ppl"]
+        for row in (d, c):
+            assert abs(row["param_fraction"] - d["budget"]) < 0.02
+        # FLAP's fluctuation score beats mean |a|; its bias compensation does NOT help this model
+        assert c["ppl"]["fluctuation"] < c["ppl"]["activation"]
+        assert c["ppl"]["activation+compensation"] > c["ppl"]["activation"]
+        assert c["ppl"]["fluctuation+compensation"] > c["ppl"]["fluctuation"]
+        if h["reachable"]:  # heads cost the most perplexity at the budget they can reach
+            assert h["ppl"] > max(d["block_influence"]["ppl"], c["ppl"]["activation"])
+    depth, ffn = res["depth"]["budgets"], res["channels"]["budgets"]
+    # at 1/6 of the decoder FFN channels beat removing a layer; at 1/3 removing two layers wins
+    assert ffn[0]["ppl"]["activation"] < depth[0]["block_influence"]["ppl"]
+    assert depth[1]["block_influence"]["ppl"] < ffn[1]["ppl"]["activation"]
+    assert not res["heads"]["budgets"][1]["reachable"] and res["heads"]["attention_param_fraction"] < 1 / 3
+    # compensation one layer at a time: it hurts most in layer 0, and helps in some layer
+    single = res["channels"]["single_layer_half"]
+    harm = [r["ppl_compensated"] - r["ppl"] for r in single]
+    assert max(range(len(harm)), key=harm.__getitem__) == 0 and min(harm) < 0
