@@ -334,7 +334,8 @@ def main(argv=None) -> dict:
     settings = (dict(calib_cfg=QUICK["calib"], eval_tokens=QUICK["eval_tokens"], seeds=QUICK["seeds"],
                      speed=QUICK["speed"]) if args.quick else {})
     result = {"script": "scripts/structured_beyond.py", "mode": "quick" if args.quick else "full",
-              "settings": {"calib": settings.get("calib_cfg", CALIB), "eval_tokens": settings.get("eval_tokens", EVAL_TOKENS),
+              "settings": {"calib": settings.get("calib_cfg", CALIB),
+                           "eval_tokens": settings.get("eval_tokens", EVAL_TOKENS),
                            "budgets": list(BUDGETS), "random_seeds": list(settings.get("seeds", RANDOM_SEEDS)),
                            "speed": settings.get("speed", SPEED), "torch_threads": 1},
               **measure(model, **settings), "wall_seconds": None}

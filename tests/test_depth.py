@@ -263,7 +263,8 @@ def test_committed_structured_beyond_json_holds_on_the_committed_model():
         subsets = [s["ppl"] for s in res["depth"]["subsets"] if len(s["layers"]) == d["layers_removed"]]
         assert d["oracle_best"]["ppl"] == min(subsets) and d["all_subsets"]["n"] == len(subsets)
         # block influence: far better than random layers, within 15 % of the best subset
-        assert d["block_influence"]["ppl"] < d["random"]["mean"] and d["block_influence"]["ppl"] < d["all_subsets"]["mean"]
+        assert d["block_influence"]["ppl"] < d["random"]["mean"]
+        assert d["block_influence"]["ppl"] < d["all_subsets"]["mean"]
         assert d["block_influence"]["ppl"] <= 1.15 * d["oracle_best"]["ppl"]
         for row in (d, c):
             assert abs(row["param_fraction"] - d["budget"]) < 0.02

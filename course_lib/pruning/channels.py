@@ -229,7 +229,7 @@ def channel_fluctuation(model: nn.Module, batches) -> torch.Tensor:
 
     ``S_j = var_t(a_j) * ||down_proj.weight[:, j]||^2``, the sample variance (``N - 1``) over
     every token of ``batches``: the output error left when ``a_j`` is replaced by its mean,
-    i.e. what removing the channel costs *after* bias compensation (An et al. 2024, eq. 4).
+    i.e. what removing the channel costs *after* bias compensation (An et al. 2024).
     """
     sums, squares, counts = _down_input_moments(model, batches)
     rows = []
@@ -258,7 +258,8 @@ def _check_means(model: nn.Module, channels: dict, means) -> tuple[dict[int, lis
 
 
 @torch.no_grad()
-def compensation_biases(model: nn.Module, channels: dict[int, list[int]], means: torch.Tensor) -> dict[int, torch.Tensor]:
+def compensation_biases(model: nn.Module, channels: dict[int, list[int]],
+                        means: torch.Tensor) -> dict[int, torch.Tensor]:
     """The plan: ``{layer: down_proj.weight[:, removed] @ means[layer, removed]}`` (``[hidden]``,
     float32 on CPU), the removed channels' mean contribution, for every layer in ``channels``."""
     channels, means = _check_means(model, channels, means)

@@ -209,7 +209,8 @@ def layers_to_remove(scores: torch.Tensor, n: int) -> list[int]:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n must be an int, got {n!r}")
     if not 0 <= n < scores.numel():
-        raise ValueError(f"n must be in 0..{scores.numel() - 1} (keep at least one of {scores.numel()} layers), got {n}")
+        raise ValueError(f"n must be in 0..{scores.numel() - 1} (keep at least one of {scores.numel()} layers), "
+                         f"got {n}")
     if torch.isnan(scores).any():
         raise ValueError("scores contain NaN")
     order = torch.sort(scores.cpu(), stable=True).indices

@@ -151,7 +151,8 @@ def _read_structure(path: Path, n_layers: int) -> list[dict[str, int]]:
             raise ValueError(f"{file}: layer {i} must have exactly the keys {STRUCTURE_KEYS} "
                              f"(and optionally {DOWN_BIAS_KEY!r})")
         if spec.get(DOWN_BIAS_KEY, True) is not True:
-            raise ValueError(f"{file}: layer {i} {DOWN_BIAS_KEY!r} must be true when present, got {spec[DOWN_BIAS_KEY]!r}")
+            raise ValueError(f"{file}: layer {i} {DOWN_BIAS_KEY!r} must be true when present, "
+                             f"got {spec[DOWN_BIAS_KEY]!r}")
         if not all(isinstance(spec[k], int) and spec[k] > 0 for k in STRUCTURE_KEYS):
             raise ValueError(f"{file}: layer {i} sizes must be positive ints, got {spec}")
         if spec["num_attention_heads"] % spec["num_key_value_heads"]:
