@@ -266,6 +266,8 @@ def test_committed_structured_beyond_json_holds_on_the_committed_model():
         assert d["block_influence"]["ppl"] < d["random"]["mean"]
         assert d["block_influence"]["ppl"] < d["all_subsets"]["mean"]
         assert d["block_influence"]["ppl"] <= 1.15 * d["oracle_best"]["ppl"]
+        # the loss ablation on calibration tokens (one forward per layer) picks better than BI here
+        assert d["calibration_ablation"]["ppl"] < d["block_influence"]["ppl"]
         for row in (d, c):
             assert abs(row["param_fraction"] - d["budget"]) < 0.02
         # FLAP's fluctuation score beats mean |a|; its bias compensation does NOT help this model
