@@ -12,6 +12,12 @@ Timing and memory figures (results of ``scripts/benchmark_sparsity.py``):
   physical limit of 2:4 sparsity (Mishra et al. 2021, arXiv:2104.08378): it halves
   the multiply-adds and the bytes of weight read, so no 2:4 kernel can do better.
 * :func:`plot_memory` -- bytes of one weight in each storage format, relative to dense.
+
+Pruning quality on the real pretrained model (``data/results/pruning_quality_real.json``, written
+by ``scripts/pruning_quality.py --model real``):
+
+* :func:`plot_real_pruning` -- perplexity bars per method at 50 % and 2:4, dense as a line;
+* :func:`plot_calibration_curve` -- Wanda and SparseGPT at 50 % against calibration tokens.
 """
 
 from __future__ import annotations
@@ -121,4 +127,81 @@ def plot_memory(table: dict, ax=None, *, baseline: str = "dense"):
     ax.set_ylabel(f"bytes relative to {baseline}")
     ax.set_ylim(0, max(ratios) * 1.25)
     ax.tick_params(axis="x", labelrotation=30)
+    return ax
+
+
+REAL_METHODS = ("magnitude-layer", "wanda", "sparsegpt")
+
+
+def load_real_results(path=None) -> dict:
+    """The committed real-model JSON (default ``data/results/pruning_quality_real.json``)."""
+    import json
+    from pathlib import Path
+
+    from .paths import data_dir
+
+    path = Path(path) if path is not None else data_dir() / "results" / "pruning_quality_real.json"
+    return json.loads(path.read_text())
+
+
+def _check_real(results) -> dict:
+    if not isinstance(results, dict) or "results" not in results or "dense_ppl" not in results:
+        raise ValueError("results must be the dict of scripts/pruning_quality.py --model real "
+                         "(with 'dense_ppl' and 'results'); see load_real_results()")
+    return results
+
+
+def plot_real_pruning(results, ax=None, *, methods=REAL_METHODS, patterns=("unstructured", "2:4")):
+    """Grouped bars (log scale): perplexity of each method at each pattern; dense as a line.
+
+    ``results``: the real-model JSON (:func:`load_real_results`) or a :func:`measure_real` dict.
+    Structured rows (heads, FFN channels), if present, are added as one more group.
+    """
+    results = _check_real(results)
+    ax = _axes(ax)
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        values = []
+        for pattern in patterns:
+            hit = [r["ppl"] for r in results["results"] if r["method"] == method and r["pattern"] == pattern]
+            if not hit:
+                raise ValueError(f"no row for {method} {pattern} in results")
+            values.append(hit[0])
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(patterns))]
+        bars = ax.bar(xs, values, width, label=method)
+        for bar, v in zip(bars, values):
+            ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
+                        fontsize="small")
+    labels = ["50 %" if p == "unstructured" else p for p in patterns]
+    structured = results.get("structured", [])
+    for k, row in enumerate(structured):
+        x = len(patterns) + (k - (len(structured) - 1) / 2) * width
+        bar = ax.bar([x], [row["ppl"]], width, color="tab:gray", label="structured" if k == 0 else None)[0]
+        ax.annotate(f"{row['method'].split()[0]}\n{row['ppl']:.3g}", (bar.get_x() + bar.get_width() / 2, row["ppl"]),
+                    ha="center", va="bottom", fontsize="small")
+    if structured:
+        labels.append("heads / FFN")
+    ax.axhline(results["dense_ppl"], color="black", linewidth=1, label=f"dense {results['dense_ppl']:.3g}")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_calibration_curve(results, ax=None):
+    """Perplexity at 50 % against calibration tokens (log x), one line per method, dense as a line."""
+    results = _check_real(results)
+    curve = results.get("calibration_curve")
+    if not curve:
+        raise ValueError("results has no 'calibration_curve'")
+    ax = _axes(ax)
+    for method in dict.fromkeys(r["method"] for r in curve):
+        rows = sorted((r["calib_tokens"], r["ppl"]) for r in curve if r["method"] == method)
+        ax.plot([t for t, _ in rows], [p for _, p in rows], marker="o", label=method)
+    ax.axhline(results["dense_ppl"], color="black", linewidth=1, label="dense")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("calibration tokens")
+    ax.set_ylabel("perplexity at 50 % sparsity")
+    ax.legend(fontsize="small")
     return ax

@@ -96,3 +96,31 @@ def test_plot_memory_bad_input():
         plot_memory({"dense": 10, "csr": 2.5})
     with pytest.raises(ValueError, match="0 bytes"):
         plot_memory({"dense": 0})
+
+
+def _real_results():
+    rows = [{"method": m, "pattern": p, "ppl": v} for (m, p), v in {
+        ("magnitude-layer", "unstructured"): 500.0, ("wanda", "unstructured"): 70.0,
+        ("sparsegpt", "unstructured"): 65.0, ("magnitude-layer", "2:4"): 1400.0, ("wanda", "2:4"): 200.0,
+        ("sparsegpt", "2:4"): 120.0}.items()]
+    curve = [{"method": m, "calib_tokens": t, "ppl": 100.0 - t / 100} for m in ("wanda", "sparsegpt")
+             for t in (1024, 2048, 4096)]
+    structured = [{"method": "heads (gradient)", "ppl": 90.0}, {"method": "ffn channels", "ppl": 80.0}]
+    return {"dense_ppl": 38.0, "results": rows, "calibration_curve": curve, "structured": structured}
+
+
+def test_plot_real_pruning_and_calibration_curve():
+    from course_lib.plotting import plot_calibration_curve, plot_real_pruning
+
+    ax = plot_real_pruning(_real_results())
+    heights = sorted(round(b.get_height()) for b in ax.patches)
+    assert heights == [65, 70, 80, 90, 120, 200, 500, 1400]
+    assert ax.get_yscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["50 %", "2:4", "heads / FFN"]
+    ax = plot_calibration_curve(_real_results())
+    assert [list(line.get_xdata()) for line in ax.get_lines()[:2]] == [[1024, 2048, 4096]] * 2
+    with pytest.raises(ValueError, match="dense_ppl"):
+        plot_real_pruning({"results": []})
+    bad = _real_results()
+    bad["results"] = bad["results"][1:]
+    with pytest.raises(ValueError, match="no row for magnitude-layer"):
+        plot_real_pruning(bad)
