@@ -79,7 +79,7 @@ DEFAULT_REAL_OUT = ROOT / "data" / "results" / "pruning_quality_real.json"
 # 4096 point is the main rows' calibration; heads / FFN importance use the first structure_tokens.
 # Sized for a few minutes of a quiet 2-core CPU (the LLM papers use 2048-token windows and more text).
 REAL = dict(eval_tokens=2048, seq_len=1024, calib_tokens=4096, calib_seq_len=1024, seed=0,
-            curve_tokens=(1024, 2048, 4096), structure_tokens=1024, heads_fraction=0.25, ffn_fraction=0.30)
+            curve_tokens=(1024, 2048, 4096, 8192), structure_tokens=1024, heads_fraction=0.25, ffn_fraction=0.30)
 
 
 def prune(model, method: str, calib_batches, sparsity: float | None = None, n: int | None = None,
