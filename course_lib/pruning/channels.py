@@ -112,15 +112,27 @@ def channel_importance(model: nn.Module, batches, method: str = "activation") ->
     sums = [torch.zeros(n, dtype=torch.float64) for n in sizes]
     counts = [0] * len(sizes)
 
+    def accumulate(i, a):  # a: [B*T, I]
+        sums[i] += a.abs().sum(dim=0, dtype=torch.float64).cpu()
+        counts[i] += a.shape[0]
+
+    _for_each_down_input(model, batches, accumulate)
+    return pad_rows([s / c for s, c in zip(sums, counts)])
+
+
+def _for_each_down_input(model: nn.Module, batches, fn) -> None:
+    """Run the batches (no grad, eval mode) and call ``fn(layer, a)`` with every ``down_proj`` input.
+
+    ``a`` is ``[B*T, I]`` in the model's dtype: the SwiGLU channels of layer ``layer``.
+    """
     def hook_for(i):
         def hook(module, args):
-            a = args[0].detach()  # [B, T, I]
-            sums[i] += a.abs().reshape(-1, a.shape[-1]).sum(dim=0, dtype=torch.float64).cpu()
-            counts[i] += a.numel() // a.shape[-1]
+            fn(i, args[0].detach().reshape(-1, args[0].shape[-1]))
 
         return hook
 
-    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook_for(i)) for i, layer in enumerate(layers)]
+    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook_for(i))
+               for i, layer in enumerate(model.model.layers)]
     try:
         with _EvalMode(model), torch.no_grad():
             for batch in batches:
@@ -128,7 +140,6 @@ def channel_importance(model: nn.Module, batches, method: str = "activation") ->
     finally:
         for h in handles:
             h.remove()
-    return pad_rows([s / c for s, c in zip(sums, counts)])
 
 
 def remove_ffn_channels(model: nn.Module, channels: dict[int, list[int]]) -> None:
@@ -189,28 +200,17 @@ def _down_input_moments(model: nn.Module, batches) -> tuple[list[torch.Tensor], 
     ``down_proj`` (``[I]`` each), and the token count."""
     sizes = channels_per_layer(model)
     batches = check_batches(batches)
-    layers = model.model.layers
     sums = [torch.zeros(n, dtype=torch.float64) for n in sizes]
     squares = [torch.zeros(n, dtype=torch.float64) for n in sizes]
     counts = [0] * len(sizes)
 
-    def hook_for(i):
-        def hook(module, args):
-            a = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # [B*T, I]
-            sums[i] += a.sum(dim=0).cpu()
-            squares[i] += a.pow(2).sum(dim=0).cpu()
-            counts[i] += a.shape[0]
+    def accumulate(i, a):  # a: [B*T, I]
+        a = a.double()
+        sums[i] += a.sum(dim=0).cpu()
+        squares[i] += a.pow(2).sum(dim=0).cpu()
+        counts[i] += a.shape[0]
 
-        return hook
-
-    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook_for(i)) for i, layer in enumerate(layers)]
-    try:
-        with _EvalMode(model), torch.no_grad():
-            for batch in batches:
-                lm_loss(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    _for_each_down_input(model, batches, accumulate)
     return sums, squares, counts
 
 
