@@ -35,8 +35,12 @@ from course_lib.evaluation import unigram_perplexity  # noqa: E402
 from course_lib.model import count_parameters  # noqa: E402
 
 
-def signal(model) -> dict:
-    """The pruning facts, measured on a fresh copy of the weights each time."""
+def signal(model, heads: list[tuple[int, int]] | None = None) -> dict:
+    """The pruning facts, measured on a fresh copy of the weights each time.
+
+    ``heads``: the (layer, head) pairs to ablate; default all of them. The entries not ablated
+    are NaN in ``head_ablation_delta_ppl``, and the argmax/argmin are taken over those measured.
+    """
     from course_lib.pruning.heads import head_mask
     from course_lib.pruning.magnitude import magnitude_prune
     from course_lib.pruning.nm import nm_prune
@@ -51,13 +55,15 @@ def signal(model) -> dict:
     model.load_state_dict(state)
 
     n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
-    delta = torch.zeros(n_layers, n_heads)
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            with head_mask(model, {layer: [head]}):
-                delta[layer, head] = course_lib.perplexity(model) - dense
-    top = divmod(int(delta.argmax()), n_heads)
-    low = divmod(int(delta.argmin()), n_heads)
+    if heads is None:
+        heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    delta = torch.full((n_layers, n_heads), float("nan"), dtype=torch.float64)
+    for layer, head in heads:
+        with head_mask(model, {layer: [head]}):
+            delta[layer, head] = course_lib.perplexity(model) - dense
+    measured = delta.nan_to_num(float("-inf"))
+    top = divmod(int(measured.argmax()), n_heads)
+    low = divmod(int(delta.nan_to_num(float("inf")).argmin()), n_heads)
     return {
         "eval_ppl": dense,
         "magnitude_50_ppl": mag50,
@@ -65,9 +71,9 @@ def signal(model) -> dict:
         "nm_2_4_ppl": nm24,
         "nm_2_4_ratio": nm24 / dense,
         "head_ablation_delta_ppl": delta.tolist(),
-        "most_important_head": {"layer": top[0], "head": top[1], "delta_ppl": delta.max().item()},
-        "least_important_head": {"layer": low[0], "head": low[1], "delta_ppl": delta.min().item()},
-        "head_ablation_ratio": delta.max().item() / max(delta.min().item(), 1e-12),
+        "most_important_head": {"layer": top[0], "head": top[1], "delta_ppl": delta[top].item()},
+        "least_important_head": {"layer": low[0], "head": low[1], "delta_ppl": delta[low].item()},
+        "head_ablation_ratio": delta[top].item() / max(delta[low].item(), 1e-12),
     }
 
 

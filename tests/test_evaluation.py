@@ -56,20 +56,14 @@ def test_perplexity_bad_input():
         perplexity(model, split="test")
 
 
-def test_course_model_eval_perplexity_is_deterministic_and_fast():
-    import time
-
+def test_course_model_eval_perplexity_does_not_depend_on_batch_size():
+    # (its speed is a benchmark figure -- the model card's wall time -- not a timed assertion)
     import course_lib
 
     model, _ = course_lib.load_course_model()
-    course_lib.perplexity(model, max_tokens=512)  # warm caches (tokenisation)
-    start = time.perf_counter()
     a = course_lib.perplexity(model)
-    elapsed = time.perf_counter() - start
     b = course_lib.perplexity(model, batch_size=5)
     assert a == pytest.approx(b, rel=1e-5)
-    print(f"eval perplexity {a:.4f} in {elapsed:.2f} s")
-    assert elapsed < 30  # the 5 s goal is a benchmark figure (model card), not a timed assertion
 
 
 def test_unigram_perplexity_of_uniform_stream():
