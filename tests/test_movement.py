@@ -21,6 +21,7 @@ from course_lib.pruning.movement import (
     movement_prune,
     movement_score_update,
     movement_scores,
+    random_prune,
 )
 
 
@@ -275,7 +276,7 @@ def test_movement_keeps_weights_growing_away_from_zero_where_magnitude_does_not(
     assert not torch.equal(magnitude_mask(sign * torch.where(growing, 0.2, 0.9), 0.5), growing)
 
 
-@pytest.mark.parametrize("prune_fn", [gradient_sensitivity_prune, gradual_magnitude_prune])
+@pytest.mark.parametrize("prune_fn", [gradient_sensitivity_prune, gradual_magnitude_prune, random_prune])
 def test_baselines_share_the_loop(prune_fn):
     model = tiny_model("qwen2")
     seen = []
@@ -328,3 +329,43 @@ def test_prune_rejects_bad_arguments(kwargs, err):
     args.update(kwargs)
     with pytest.raises(err):
         movement_prune(tiny_model("gqa"), **args)
+
+
+def test_random_prune_grows_one_fixed_random_mask():
+    """The random control: the masks of successive steps are nested and do not depend on the data."""
+    seen = []
+    common = dict(final_sparsity=0.75, steps=6, lr=1e-3, targets=["lm_head"], warmup_steps=1, cooldown_steps=1,
+                  loss_fn=lm_head_loss, progress=False)
+    masks = random_prune(tiny_model("gqa"), regression_batches(seed=0), seed=5,
+                         callback=lambda **kw: seen.append(kw["masks"]["lm_head"].clone()), **common)
+    for a, b in zip(seen, seen[1:]):
+        assert not (b & ~a).any()  # nothing pruned comes back
+    other = random_prune(tiny_model("gqa"), regression_batches(seed=3), seed=5, **common)
+    assert torch.equal(masks["lm_head"], other["lm_head"])
+    third = random_prune(tiny_model("gqa"), regression_batches(seed=0), seed=6, **common)
+    assert not torch.equal(masks["lm_head"], third["lm_head"])
+
+
+def test_movement_scores_with_their_own_adam():
+    """score_lr: S follows Adam on dL/dS = W * dL/dW' (lr 0 on the weights keeps W fixed: an oracle by hand)."""
+    model = tiny_model("gqa")
+    batches = regression_batches()
+    w = model.lm_head.weight.detach().clone()
+    seen = []
+    movement_prune(model, batches, final_sparsity=0.0, steps=3, lr=0.0, targets=["lm_head"], warmup_steps=0,
+                   cooldown_steps=0, loss_fn=lm_head_loss, progress=False, score_lr=1e-2,
+                   callback=lambda **kw: seen.append(kw["scores"]["lm_head"].detach().clone()))
+    s = torch.zeros_like(w, requires_grad=True)
+    opt = torch.optim.Adam([s], lr=1e-2)
+    for b in [batches[0], batches[1], batches[0]]:
+        s.grad = (w.double() * analytic_grad(w, b)).float()
+        opt.step()
+    torch.testing.assert_close(seen[-1], s.detach(), rtol=1e-3, atol=1e-6)
+    # scale-equivariance: the top-k of Adam scores from 0 does not depend on score_lr
+    m1 = movement_prune(tiny_model("gqa"), random_batches(), 0.6, steps=5, lr=1e-3, targets=["q_proj"],
+                        progress=False, score_lr=1e-2)
+    m2 = movement_prune(tiny_model("gqa"), random_batches(), 0.6, steps=5, lr=1e-3, targets=["q_proj"],
+                        progress=False, score_lr=1e-1)
+    assert all(torch.equal(m1[n], m2[n]) for n in m1)
+    with pytest.raises(ValueError):
+        movement_prune(tiny_model("gqa"), random_batches(), 0.5, steps=2, progress=False, score_lr=0.0)

@@ -30,6 +30,11 @@ Baselines, same loop and budget, only the score differs:
   much the loss reacts to the weight, regardless of the direction it moves).
 * :func:`gradual_magnitude_prune`: ``S = |W|`` recomputed each step, pruned weights set
   to zero (Zhu & Gupta's gradual magnitude pruning).
+* :func:`random_prune`: fixed random scores (a seeded random mask, grown on the schedule;
+  the control every criterion must beat).
+
+``movement_prune(..., score_lr=1e-2)`` trains the scores with an Adam of their own, as Sanh et
+al.'s released code does, instead of the unit gradient step.
 
 :func:`movement_scores` / :func:`gradient_sensitivity_scores` accumulate the scores on a
 frozen, dense model (no fine-tuning, no pruning), and :func:`movement_score_update` is
@@ -116,7 +121,12 @@ def _magnitude_update(scores, weight, grad):
     return weight.detach().float().abs()
 
 
-_UPDATES = {"movement": movement_score_update, "gradient": _gradient_update, "magnitude": _magnitude_update}
+def _random_update(scores, weight, grad):
+    return scores
+
+
+_UPDATES = {"movement": movement_score_update, "gradient": _gradient_update, "magnitude": _magnitude_update,
+            "random": _random_update}
 
 
 # ----------------------------------------------------------------------------- masked forward
@@ -253,8 +263,12 @@ def gradient_sensitivity_scores(model: nn.Module, batches, targets=None, loss_fn
 # ----------------------------------------------------------------------------- pruning while fine-tuning
 
 def _prune_while_finetuning(model, batches, final_sparsity, steps, method, lr, targets, scope, initial_sparsity,
-                            warmup_steps, cooldown_steps, weight_decay, loss_fn, callback, progress):
+                            warmup_steps, cooldown_steps, weight_decay, loss_fn, callback, progress, score_lr=None,
+                            seed=0):
     final_sparsity = check_sparsity(final_sparsity)
+    if score_lr is not None and (isinstance(score_lr, bool) or not isinstance(score_lr, (int, float))
+                                 or not score_lr > 0):
+        raise ValueError(f"score_lr must be None or a float > 0, got {score_lr!r}")
     steps = _check_int("steps", steps, 1)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -272,6 +286,14 @@ def _prune_while_finetuning(model, batches, final_sparsity, steps, method, lr, t
     scores = {name: torch.zeros_like(mod.weight, dtype=torch.float32) for name, mod in linears.items()}
     if method == "magnitude":
         scores = {name: mod.weight.detach().abs().float() for name, mod in linears.items()}
+    if method == "random":
+        gen = torch.Generator().manual_seed(seed)
+        scores = {name: torch.rand(mod.weight.shape, generator=gen).to(mod.weight.device)
+                  for name, mod in linears.items()}
+    score_opt = None
+    if score_lr is not None:  # scores as parameters of their own Adam (Sanh et al.'s released code)
+        scores = {name: nn.Parameter(s, requires_grad=False) for name, s in scores.items()}
+        score_opt = torch.optim.Adam(list(scores.values()), lr=score_lr)
     params = {name: _MaskedWeight(torch.ones_like(mod.weight, dtype=torch.bool)) for name, mod in linears.items()}
     was_training = model.training
     finished = False
@@ -303,8 +325,14 @@ def _prune_while_finetuning(model, batches, final_sparsity, steps, method, lr, t
                 grad = params[name].effective_grad
                 if grad is None:
                     raise RuntimeError(f"{name} received no gradient: is it used by the loss?")
-                scores[name] = update(scores[name], dense[name], grad)
+                if score_opt is not None:  # dL/dS = W * dL/dW' (straight-through); Adam descends it
+                    scores[name].grad = dense[name].detach().float() * grad.float()
+                else:
+                    scores[name] = update(scores[name], dense[name], grad)
                 params[name].effective_grad = None
+            if score_opt is not None:
+                score_opt.step()
+                score_opt.zero_grad(set_to_none=True)
             if optimizer is not None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -351,10 +379,11 @@ _PRUNE_DOC = """
 def movement_prune(model: nn.Module, batches, final_sparsity: float, steps: int, lr: float = 1e-4, targets=None,
                    scope: str = "layer", warmup_steps: int | None = None, cooldown_steps: int | None = None,
                    progress: bool = True, initial_sparsity: float = 0.0, weight_decay: float = 0.0,
-                   loss_fn: Callable | None = None, callback: Callable | None = None) -> dict[str, torch.Tensor]:
+                   loss_fn: Callable | None = None, callback: Callable | None = None,
+                   score_lr: float | None = None) -> dict[str, torch.Tensor]:
     return _prune_while_finetuning(model, batches, final_sparsity, steps, "movement", lr, targets, scope,
                                    initial_sparsity, warmup_steps, cooldown_steps, weight_decay, loss_fn,
-                                   callback, progress)
+                                   callback, progress, score_lr=score_lr)
 
 
 def gradient_sensitivity_prune(model: nn.Module, batches, final_sparsity: float, steps: int, lr: float = 1e-4,
@@ -377,8 +406,27 @@ def gradual_magnitude_prune(model: nn.Module, batches, final_sparsity: float, st
                                    callback, progress)
 
 
+def random_prune(model: nn.Module, batches, final_sparsity: float, steps: int, lr: float = 1e-4, targets=None,
+                 scope: str = "layer", warmup_steps: int | None = None, cooldown_steps: int | None = None,
+                 progress: bool = True, initial_sparsity: float = 0.0, weight_decay: float = 0.0,
+                 loss_fn: Callable | None = None, callback: Callable | None = None, seed: int = 0
+                 ) -> dict[str, torch.Tensor]:
+    return _prune_while_finetuning(model, batches, final_sparsity, steps, "random", lr, targets, scope,
+                                   initial_sparsity, warmup_steps, cooldown_steps, weight_decay, loss_fn,
+                                   callback, progress, seed=seed)
+
+
 movement_prune.__doc__ = "Movement pruning (Sanh et al. 2020) while fine-tuning -> masks.\n" + _PRUNE_DOC.format(
-    what="accumulated movement scores ``S -= W * dL/dW'``")
+    what="accumulated movement scores ``S -= W * dL/dW'``") + """
+    ``score_lr=None`` takes a unit gradient step on the scores each step (``S -= W * dL/dW'``).
+    A float trains the scores with an Adam of their own at that learning rate instead, as
+    Sanh et al.'s released code does (``--mask_scores_learning_rate 1e-2`` next to
+    ``--learning_rate 3e-5`` for the weights, scores initialised at 0). From scores that start
+    at 0 the top-k of either rule does not depend on the score learning rate (both are
+    scale-equivariant); Adam's per-weight normalisation does change the ranking.
+"""
+random_prune.__doc__ = "Control: prune a fixed random mask, grown on the same schedule, while fine-tuning.\n" + \
+    _PRUNE_DOC.format(what="fixed uniform random scores (``seed``): the masks are nested") 
 gradient_sensitivity_prune.__doc__ = "Baseline: prune by accumulated |gradient| while fine-tuning -> masks.\n" + \
     _PRUNE_DOC.format(what="accumulated gradient sensitivity ``S += |dL/dW'|``")
 gradual_magnitude_prune.__doc__ = "Baseline: gradual magnitude pruning (Zhu & Gupta 2017) -> masks.\n" + \

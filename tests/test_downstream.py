@@ -1,0 +1,44 @@
+"""The downstream task of notebook 03: a new world of facts the course model does not know."""
+
+import pytest
+
+from course_lib import downstream
+from course_lib.corpus import CHARACTERS, TOWNS
+
+
+def test_new_world_is_new_and_fixed():
+    names = [c.name for c in downstream.NEW_CHARACTERS]
+    assert len(names) == len(set(names)) == downstream.N_NEW
+    old = {c.name for c in CHARACTERS} | {t.name for t in TOWNS}
+    assert not old & set(names)
+    assert not old & {c.town for c in downstream.NEW_CHARACTERS}
+    assert len({c.town for c in downstream.NEW_CHARACTERS}) <= downstream.N_NEW_TOWNS
+    # a pure function: the first character and the first document never change
+    c = downstream.NEW_CHARACTERS[0]
+    assert downstream._build_new_world()[0] == c
+    assert downstream.new_world_document("train", 0) == downstream.new_world_document("train", 0)
+    assert downstream.new_world_document("train", 0) != downstream.new_world_document("eval", 0)
+
+
+def test_documents_state_the_facts():
+    facts = {p + a for p, a in downstream.fact_prompts()}
+    assert len(facts) == downstream.N_NEW * len(downstream.KINDS)
+    for doc in downstream.new_world_documents("eval", 5):
+        lines = doc.split("\n")[1:]
+        assert 8 <= len(lines) <= 12
+        assert all(line in facts for line in lines)
+    with pytest.raises(ValueError):
+        downstream.new_world_document("validation", 0)
+    with pytest.raises(ValueError):
+        downstream.new_world_documents("train", 0)
+
+
+def test_pretrained_model_does_not_know_the_facts():
+    import course_lib
+
+    model, tok = course_lib.load_course_model()
+    res = downstream.fact_accuracy(model, tok)
+    assert 0 <= res["accuracy"] < 0.2 and res["answer_nll"] > 2.0
+    # a model fed the answers in its prompts would: the accuracy counts whole answers
+    one = downstream.fact_accuracy(model, tok, prompts=[("Q: What does Maria do? A: Maria is a", " baker.")])
+    assert set(one) == {"accuracy", "answer_nll", "answer_ppl"}
