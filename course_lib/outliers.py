@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .model import check_llama_layout, decoder_layers
+from .pruning.common import check_indices
 
 # norm -> the linears that read its output, in a Llama decoder layer
 NORM_READERS = {"input_layernorm": ("self_attn", ("q_proj", "k_proj", "v_proj")),
@@ -35,22 +36,12 @@ NORM_READERS = {"input_layernorm": ("self_attn", ("q_proj", "k_proj", "v_proj"))
 
 
 def _check_channels(channels, hidden: int) -> list[int]:
-    if isinstance(channels, torch.Tensor):
-        if channels.dtype in (torch.bool,) or channels.is_floating_point() or channels.dim() != 1:
-            raise TypeError(f"channels must be a 1-d integer tensor or a list of ints, got {channels.dtype} "
-                            f"of shape {tuple(channels.shape)}")
-        channels = channels.tolist()
-    if not isinstance(channels, (list, tuple)) or not all(isinstance(c, int) and not isinstance(c, bool)
-                                                          for c in channels):
-        raise TypeError(f"channels must be a list of ints (hidden dimensions), got {channels!r}")
+    if isinstance(channels, (list, tuple)) and not channels:
+        raise ValueError("channels is empty: name at least one hidden dimension")
+    channels = check_indices(channels, hidden, "channels", f"hidden dimensions are 0..{hidden - 1}")
     if not channels:
         raise ValueError("channels is empty: name at least one hidden dimension")
-    bad = [c for c in channels if not 0 <= c < hidden]
-    if bad:
-        raise ValueError(f"channels {bad} out of range: hidden dimensions are 0..{hidden - 1}")
-    if len(set(channels)) != len(channels):
-        raise ValueError(f"channels must be distinct, got {channels}")
-    return list(channels)
+    return channels
 
 
 @torch.no_grad()

@@ -28,18 +28,18 @@ def tiny_llama_config(kind: str = "gqa", **overrides):
 
     common = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=8, max_position_embeddings=64, tie_word_embeddings=False)
+    # overrides go to the constructor, so derived fields (Qwen2's per-layer `layer_types`) follow them
     if kind == "mha":
-        cfg = LlamaConfig(num_key_value_heads=8, **common)
+        cls, extra = LlamaConfig, dict(num_key_value_heads=8)
     elif kind == "gqa":
-        cfg = LlamaConfig(num_key_value_heads=2, **common)
+        cls, extra = LlamaConfig, dict(num_key_value_heads=2)
     elif kind == "mistral":
-        cfg = MistralConfig(num_key_value_heads=2, sliding_window=None, **common)
+        cls, extra = MistralConfig, dict(num_key_value_heads=2, sliding_window=None)
     elif kind == "qwen2":
-        cfg = Qwen2Config(num_key_value_heads=4, **common)
+        cls, extra = Qwen2Config, dict(num_key_value_heads=4)
     else:
         raise ValueError(kind)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
+    cfg = cls(**{**common, **extra, **overrides})
     return cfg
 
 

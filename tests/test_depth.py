@@ -193,8 +193,8 @@ def test_removed_model_saves_and_reloads(kind, tmp_path):
         ([-1], ValueError, "out of range"),
         ([1, 1], ValueError, "duplicate"),
         ([0.0], TypeError, "ints"),
-        ({0: [1]}, TypeError, "list of layer indices"),
-        (2, TypeError, "list of layer indices"),
+        ({0: [1]}, TypeError, "list of indices"),
+        (2, TypeError, "list of indices"),
         (torch.tensor([True, False]), TypeError, "1-D integer"),
     ],
 )

@@ -15,6 +15,8 @@ Conventions used by every module of ``course_lib.pruning``:
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -44,6 +46,33 @@ def check_nm(n, m) -> tuple[int, int]:
     if not 0 < n < m:
         raise ValueError(f"N:M sparsity needs 0 < n < m (keep n of every m), got n={n}, m={m}")
     return n, m
+
+
+def check_indices(indices, size: int, what: str, where: str | None = None) -> list[int]:
+    """Validate a list (or 1-D integer tensor) of distinct indices in ``range(size)`` -> list of ints.
+
+    ``what`` names the argument in the messages (``"layers"``, ``"heads[2]"``); ``where`` says what the
+    range is (default ``"valid: 0..size-1"``). Order is kept; callers sort when order does not matter.
+    """
+    where = where or f"valid: 0..{size - 1}"
+    if isinstance(indices, torch.Tensor):
+        if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.dim() > 1:
+            raise TypeError(f"{what}: a tensor of indices must be a 1-D integer tensor, got {indices.dtype} "
+                            f"of shape {tuple(indices.shape)}")
+        indices = indices.tolist()
+    if isinstance(indices, (str, bytes, dict)) or not hasattr(indices, "__iter__"):
+        raise TypeError(f"{what} must be a list of indices (ints), got {type(indices).__name__}")
+    indices = list(indices)
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"{what}: indices must be ints, got {i!r}")
+    indices = [int(i) for i in indices]
+    bad = [i for i in indices if not 0 <= i < size]
+    if bad:
+        raise ValueError(f"{what}: indices {bad} out of range, {where}")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"{what}: duplicate indices {sorted({i for i in indices if indices.count(i) > 1})}")
+    return indices
 
 
 def n_to_remove(numel: int, sparsity: float) -> int:

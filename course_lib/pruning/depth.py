@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import check_llama_layout
+from .common import check_indices
 from .heads import _EvalMode, check_batches, lm_loss
 
 LAYER_METHODS = ("influence", "ablation")
@@ -45,23 +46,8 @@ LAYER_METHODS = ("influence", "ablation")
 
 def check_layer_list(layers, n_layers: int) -> list[int]:
     """Validate a list of decoder-layer indices in ``range(n_layers)``, no duplicates -> sorted list."""
-    if isinstance(layers, torch.Tensor):
-        if layers.dtype.is_floating_point or layers.dtype == torch.bool or layers.dim() > 1:
-            raise TypeError("layers: a tensor of layer indices must be a 1-D integer tensor")
-        layers = layers.tolist()
-    if isinstance(layers, (str, bytes, dict)) or not hasattr(layers, "__iter__"):
-        raise TypeError(f"layers must be a list of layer indices (ints), got {type(layers).__name__}")
-    layers = list(layers)
-    for i in layers:
-        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-            raise TypeError(f"layers: indices must be ints, got {i!r}")
-    layers = [int(i) for i in layers]
-    bad = [i for i in layers if not 0 <= i < n_layers]
-    if bad:
-        raise ValueError(f"layers {bad} out of range, the model has {n_layers} layers (0..{n_layers - 1})")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"duplicate layers {sorted({i for i in layers if layers.count(i) > 1})}")
-    return sorted(layers)
+    return sorted(check_indices(layers, n_layers, "layers",
+                                f"the model has {n_layers} layers (0..{n_layers - 1})"))
 
 
 # ----------------------------------------------------------------------------------

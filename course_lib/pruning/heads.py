@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ..model import check_llama_layout
+from .common import check_indices
 
 HEAD_METHODS = ("gradient", "ablation", "norm")
 
@@ -111,25 +112,8 @@ def check_index_dict(indices, sizes: list[int], what: str) -> dict[int, list[int
             raise ValueError(
                 f"{what}: layer {layer} out of range, the model has {len(sizes)} layers (0..{len(sizes) - 1})"
             )
-        if isinstance(idx, torch.Tensor):
-            if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() > 1:
-                raise TypeError(f"{what}[{layer}]: a tensor of indices must be a 1-D integer tensor")
-            idx = idx.tolist()
-        if isinstance(idx, (str, bytes)) or not hasattr(idx, "__iter__"):
-            raise TypeError(f"{what}[{layer}] must be a list of ints, got {type(idx).__name__}")
-        idx = list(idx)
-        for i in idx:
-            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-                raise TypeError(f"{what}[{layer}]: indices must be ints, got {i!r}")
-        idx = [int(i) for i in idx]
-        bad = [i for i in idx if not 0 <= i < sizes[layer]]
-        if bad:
-            raise ValueError(
-                f"{what}[{layer}]: indices {bad} out of range, layer {layer} has {sizes[layer]} (0..{sizes[layer] - 1})"
-            )
-        if len(set(idx)) != len(idx):
-            dup = sorted({i for i in idx if idx.count(i) > 1})
-            raise ValueError(f"{what}[{layer}]: duplicate indices {dup}")
+        idx = check_indices(idx, sizes[layer], f"{what}[{layer}]",
+                            f"layer {layer} has {sizes[layer]} (0..{sizes[layer] - 1})")
         if idx:
             out[layer] = sorted(idx)
     return out
