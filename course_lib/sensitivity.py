@@ -119,3 +119,32 @@ def as_grid(scan: dict[tuple[int, str], float]) -> tuple[torch.Tensor, list[int]
     for (layer, t), value in scan.items():
         grid[layers.index(layer), types.index(t)] = float(value)
     return grid, layers, types
+
+
+def allocate_sparsity(scan: dict, sizes: dict, target: float, spread: float = 0.1) -> dict:
+    """Non-uniform per-module sparsities from a sensitivity scan, at the same total sparsity.
+
+    Two levels: the most sensitive modules (highest perplexity in ``scan``), taken in that order until
+    they hold at least half of all weights, get ``target - spread``; the others get the sparsity that
+    keeps the size-weighted mean exactly ``target``. ``sizes`` maps the scan's keys to the modules'
+    weight counts. Returns ``{key: sparsity}`` (the scan's keys, in its order).
+    """
+    target, spread = check_sparsity(target), float(spread)
+    if not isinstance(scan, dict) or not scan or set(scan) != set(sizes):
+        raise ValueError("scan and sizes must be non-empty dicts with the same keys")
+    if not 0 <= spread <= target:
+        raise ValueError(f"spread must be in [0, target={target}], got {spread}")
+    total = sum(sizes.values())
+    sensitive, held = set(), 0
+    for key in sorted(scan, key=lambda k: -scan[k]):
+        if held * 2 >= total:
+            break
+        sensitive.add(key)
+        held += sizes[key]
+    if held == total:
+        raise ValueError("every module would be 'sensitive': need at least two modules of different sensitivity")
+    low = target - spread
+    high = (target * total - low * held) / (total - held)
+    if not high < 1:
+        raise ValueError(f"spread {spread} is too large: the other modules would need sparsity {high:.3f} >= 1")
+    return {key: (low if key in sensitive else high) for key in scan}

@@ -149,3 +149,25 @@ def test_refuses_torch_prune_reparametrisation():
     prune.l1_unstructured(model.model.layers[0].self_attn.q_proj, "weight", amount=0.3)
     with pytest.raises(ValueError, match="make_permanent"):
         sensitivity_scan(model, 0.5, tokens=_stream(), progress=False)
+
+
+def test_allocate_sparsity_keeps_the_total_and_spares_the_sensitive():
+    import pytest as _pytest
+
+    from course_lib.sensitivity import allocate_sparsity
+
+    scan = {(0, "a"): 3.0, (0, "b"): 1.5, (1, "a"): 2.0, (1, "b"): 1.1}
+    sizes = {(0, "a"): 100, (0, "b"): 300, (1, "a"): 200, (1, "b"): 400}
+    alloc = allocate_sparsity(scan, sizes, 0.7, spread=0.1)
+    assert list(alloc) == list(scan)
+    # (0, a) then (1, a) then (0, b) are needed to hold half of the 1000 weights
+    assert alloc[0, "a"] == alloc[1, "a"] == alloc[0, "b"] == _pytest.approx(0.6)
+    assert alloc[1, "b"] == _pytest.approx((0.7 * 1000 - 0.6 * 600) / 400)
+    assert sum(alloc[k] * sizes[k] for k in scan) == _pytest.approx(0.7 * 1000)
+    assert allocate_sparsity(scan, sizes, 0.5, spread=0.0) == {k: 0.5 for k in scan}
+    with _pytest.raises(ValueError):
+        allocate_sparsity(scan, sizes, 0.9, spread=0.5)  # spread larger than... the rest would exceed 1
+    with _pytest.raises(ValueError):
+        allocate_sparsity(scan, {(0, "a"): 1}, 0.5)
+    with _pytest.raises(ValueError):
+        allocate_sparsity({(0, "a"): 1.0}, {(0, "a"): 10}, 0.5)
