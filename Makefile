@@ -1,5 +1,6 @@
 # Two commands for a fresh clone:
 #   make lab    -- create .venv if missing, install, start JupyterLab on notebooks/
+#                  (PORT=9999 another port, LAB_ARGS=... more options; make lab-instructor: the course root)
 #   make test   -- create .venv if missing, install, run unit tests + nbval over solutions/
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ PORT ?= 8888
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 
-.PHONY: install lab test unit notebooks other-cpu release grade
+.PHONY: install lab lab-instructor test unit notebooks other-cpu release grade
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +26,26 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# JupyterLab with the venv's bin/ on PATH (nbgrader's server extensions run `jupyter`, `alembic`), the
+# course folder on JUPYTER_CONFIG_PATH (so the Assignments tab reads nbgrader_config.py whatever folder
+# is served) and the course-local exchange created. --port=$(PORT) unless LAB_ARGS has a --port of its
+# own; --allow-root when run as root (JupyterLab refuses to start as root without it; in a container or
+# on a course VM root is the usual user, and the flag changes nothing else).
+EXCHANGE := $(CURDIR)/exchange
+LAB_PORT = $(if $(findstring --port,$(LAB_ARGS)),,--port=$(PORT))
+LAB_ROOT_FLAG = $(if $(filter 0,$(shell id -u)),$(if $(findstring --allow-root,$(LAB_ARGS)),,--allow-root))
+LAB_ENV = PATH="$(abspath $(BIN)):$$PATH" JUPYTER_CONFIG_PATH="$(CURDIR)$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}"
+
+# Students: the student notebooks (notebooks/).
 lab: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_ARGS)
+	mkdir -p $(EXCHANGE)
+	$(LAB_ENV) $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_PORT) $(LAB_ROOT_FLAG) $(LAB_ARGS)
+
+# Instructors: the course root, so the Formgrader's links (solutions/, submitted/, feedback/) open
+# and solutions/<aid>/<aid>.ipynb can be edited with nbgrader's Create Assignment toolbar.
+lab-instructor: install
+	mkdir -p $(EXCHANGE)
+	$(LAB_ENV) $(BIN)/jupyter lab --notebook-dir=. $(LAB_PORT) $(LAB_ROOT_FLAG) $(LAB_ARGS)
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 # The second pass: torch's plain (non-vectorised) CPU kernels and one thread. It changes the low bits of

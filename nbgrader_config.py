@@ -1,5 +1,7 @@
 """nbgrader configuration of the course (read by every `nbgrader ...` run from the repo root)."""
 
+import os  # noqa: E402
+
 c = get_config()  # noqa: F821  (provided by nbgrader/traitlets)
 
 c.CourseDirectory.course_id = "pruning-llms"
@@ -13,6 +15,20 @@ c.CourseDirectory.release_directory = "notebooks"
 c.Execute.timeout = 180
 c.Execute.interrupt_on_timeout = True
 c.Execute.kernel_name = "python3"
+
+# nbgrader's Validate button (and `nbgrader validate`) skips the ungraded measurement cells tagged
+# `skip-autograde`, as autograding does, so it takes seconds instead of minutes. nbgrader's
+# Validator runs its own Execute, which reads this setting (nbclient's skip tag; by default
+# `skip-execution`). Autograding uses course_lib.autograde's executor, which skips the same tag
+# but never on a solution, test or locked cell (see below).
+c.Execute.skip_cells_with_tag = "skip-autograde"
+
+# A course-local exchange for a single machine (git-ignored; `make lab` and `make lab-instructor`
+# create it): `nbgrader release_assignment` puts a release there, the students' Assignments tab
+# lists it and *Submit* hands work in, `nbgrader collect` brings it to submitted/. An absolute
+# path, so the Assignments tab finds it whatever folder JupyterLab serves. On JupyterHub set a
+# shared folder instead, e.g. c.Exchange.root = "/srv/nbgrader/exchange".
+c.Exchange.root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exchange")
 
 # A student who deletes a graded cell gets it back (with the instructor's tests) at grading.
 c.OverwriteCells.add_missing_cells = True

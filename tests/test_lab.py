@@ -68,3 +68,26 @@ def test_nbgrader_extensions_are_enabled():
     server = subprocess.run(jupyter + ["server", "extension", "list"], capture_output=True, text=True, timeout=120)
     text = re.sub(r"\x1b\[[0-9;]*m", "", server.stdout + server.stderr)
     assert re.search(r"nbgrader\S* enabled", text), text
+
+
+def _dry_run(target, *args, tmp_path):
+    stamp = tmp_path / "installed"
+    stamp.touch()
+    out = subprocess.run(["make", "-n", "-s", target, f"VENV={sys.prefix}", f"STAMP={stamp}", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return next(line for line in out.splitlines() if "jupyter lab" in line).split()
+
+
+def test_port_and_lab_args_as_readme_shows(tmp_path):
+    """`make lab PORT=9999` and `make lab LAB_ARGS="--port 9999"` both give one --port; as root
+    --allow-root is added once (JupyterLab refuses root without it); the exchange is created and
+    the course folder is on JUPYTER_CONFIG_PATH (the Assignments tab reads nbgrader_config.py)."""
+    cmd = _dry_run("lab", "PORT=9999", tmp_path=tmp_path)
+    assert "--port=9999" in cmd and "--notebook-dir=notebooks" in cmd
+    cmd = _dry_run("lab", "LAB_ARGS=--port 9998 --no-browser", tmp_path=tmp_path)
+    assert [a for a in cmd if a.startswith("--port")] == ["--port"] and "9998" in cmd
+    root_flags = cmd.count("--allow-root")
+    assert root_flags == (1 if os.geteuid() == 0 else 0)
+    cmd = _dry_run("lab-instructor", "LAB_ARGS=--allow-root", tmp_path=tmp_path)
+    assert cmd.count("--allow-root") == 1 and "--notebook-dir=." in cmd
+    assert f'JUPYTER_CONFIG_PATH="{ROOT}' in " ".join(cmd)

@@ -53,7 +53,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_gitignore_keeps_grading_folders_and_venv_out():
     ignored = (ROOT / ".gitignore").read_text().split()
-    for entry in [".venv/", "submitted/", "autograded/", "feedback/", "gradebook.db"]:
+    for entry in [".venv/", "submitted/", "autograded/", "feedback/", "gradebook.db", "exchange/"]:
         assert entry in ignored
 
 
