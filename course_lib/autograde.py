@@ -75,6 +75,8 @@ class SkipTaggedExecute(Execute):
 
 
 TAMPER_ENAME = "TamperingDetected"
+BLOCKED_ENAME = "FileAccessBlocked"
+WATCH_QUERY = "course_lib.autograde.watch_record"
 
 # Run silently in the kernel; binds NAME to a JSON string {key: identity}. It uses only what it
 # imports itself. Keys: builtins, the comparison functions the tests rely on, every function of
@@ -129,7 +131,13 @@ def NAME():
         if isinstance(v, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)) and \
                 isinstance(mod, str) and mod.split(".")[0] in ("course_lib", "torch", "numpy", "builtins"):
             out["user." + k] = id(v)
-    return json.dumps(out)
+    blocked = []
+    try:  # the file watch (course_lib.autograde kernel) answers this event with its record
+        sys.audit(WATCH_QUERY)
+    except Exception as exc:
+        if type(exc).__name__ == "WatchRecord":
+            blocked = list(exc.args[0])
+    return json.dumps({"ids": out, "blocked": blocked})
 NAME = NAME()
 """
 
@@ -144,12 +152,12 @@ class GuardedExecute(SkipTaggedExecute):
     tamper_guard = Bool(True, help="check the test-critical functions before and after each test cell")
 
     def preprocess(self, nb, resources=None, km=None):
-        self._record = None
+        self._record, self._blocked_seen = None, 0
         return super().preprocess(nb, resources, km=km)
 
     async def _async_identities(self) -> dict:
         name = "_course_guard_" + os.urandom(6).hex()
-        code = GUARD_SOURCE.replace("NAME", name)
+        code = GUARD_SOURCE.replace("WATCH_QUERY", repr(WATCH_QUERY)).replace("NAME", name)
         msg_id = self.kc.execute(code, silent=True, store_history=False, user_expressions={"d": name})
         while True:
             msg = await self.kc.get_shell_msg(timeout=self.timeout or 60)
@@ -162,21 +170,24 @@ class GuardedExecute(SkipTaggedExecute):
         if expr.get("status") != "ok":
             raise TamperGuardError(f"the guard could not run: {expr.get('ename')}: {expr.get('evalue')}")
         self.kc.execute(f"globals().pop({name!r}, None)", silent=True, store_history=False)
-        return json.loads(eval(expr["data"]["text/plain"], {"__builtins__": {}}))  # a str literal
+        answer = json.loads(eval(expr["data"]["text/plain"], {"__builtins__": {}}))  # a str literal
+        return answer["ids"], answer["blocked"]
 
-    def _identities(self) -> dict:
+    def _identities(self) -> tuple[dict, list]:
         return run_sync(self._async_identities)()
 
-    def _changed(self) -> list[str]:
-        """What differs from the record (empty when nothing); new names join the record."""
+    def _changed(self) -> tuple[list[str], list[str]]:
+        """(what differs from the record, grader's files the kernel tried since the last check);
+        new names join the record."""
         try:
-            now = self._identities()
+            now, blocked = self._identities()
         except Exception as exc:  # noqa: BLE001 -- a kernel that cannot answer the guard fails the test
-            return [str(exc)]
+            return [str(exc)], []
         changed = sorted(k for k, v in self._record.items() if now.get(k) != v)
         for k, v in now.items():
             self._record.setdefault(k, v)
-        return changed
+        new, self._blocked_seen = blocked[self._blocked_seen:], max(self._blocked_seen, len(blocked))
+        return changed, list(dict.fromkeys(new))
 
     @staticmethod
     def _fail(cell, changed, when):
@@ -186,21 +197,35 @@ class GuardedExecute(SkipTaggedExecute):
         cell.outputs.append(new_output("error", ename=TAMPER_ENAME, evalue=evalue,
                                        traceback=[f"{TAMPER_ENAME}: {evalue}"]))
 
+    @staticmethod
+    def _fail_blocked(cell, paths, when):
+        shown = ", ".join(paths[:4]) + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
+        evalue = f"{when} this test cell, the submission tried to access the grader's files ({shown}); " \
+                 "the test does not count"
+        cell.outputs.append(new_output("error", ename=BLOCKED_ENAME, evalue=evalue,
+                                       traceback=[f"{BLOCKED_ENAME}: {evalue}"]))
+
     def preprocess_cell(self, cell, resources, index):
         guarded = self.tamper_guard and cell.cell_type == "code"
         if guarded and self._record is None and (is_solution(cell) or is_grade(cell)):
-            self._record = self._identities()  # before any student code has run
+            self._record, blocked = self._identities()  # before any student code has run
+            self._blocked_seen = len(blocked)
         if guarded and self._record is not None and is_grade(cell):
-            changed = self._changed()
-            if changed:
+            changed, blocked = self._changed()
+            if changed or blocked:
                 cell.outputs = []
                 cell.execution_count = None
-                self._fail(cell, changed, "before")
+                if changed:
+                    self._fail(cell, changed, "before")
+                if blocked:
+                    self._fail_blocked(cell, blocked, "before")
                 return cell, resources
             cell, resources = super().preprocess_cell(cell, resources, index)
-            changed = self._changed()
+            changed, blocked = self._changed()
             if changed:
                 self._fail(cell, changed, "while running")
+            if blocked:
+                self._fail_blocked(cell, blocked, "while running")
             return cell, resources
         cell, resources = super().preprocess_cell(cell, resources, index)
         if guarded and self._record is not None and is_locked(cell) and not is_solution(cell):
@@ -237,7 +262,7 @@ def sandbox_main(argv: list[str]) -> None:
     ap.add_argument("--workroot", required=True, help="folder of all workers, covered")
     ap.add_argument("kernel", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
-    cmd = [a for a in args.kernel if a != "--"] if args.kernel[:1] == ["--"] else args.kernel
+    cmd = args.kernel[1:] if args.kernel[:1] == ["--"] else list(args.kernel)  # the kernel's own "--" stays
     if "-f" not in cmd:
         raise SystemExit("course sandbox: the kernel command needs -f CONNECTION_FILE")
     i = cmd.index("-f") + 1
@@ -266,9 +291,109 @@ def sandbox_main(argv: list[str]) -> None:
     os.execvp("setpriv", ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", *cmd])
 
 
+# ---- the watched kernel: the grader's files refused and recorded, inside the kernel -----------
+#
+# Every graded kernel (sandboxed or not) starts through `python -m course_lib.autograde kernel`,
+# which installs a Python audit hook (PEP 578) before ipykernel and so before any student code.
+# The hook refuses -- PermissionError -- and records every Python-level access of the grader's
+# files: open(), listing, removing, renaming, sqlite3.connect, a subprocess or exec naming one.
+# The sandbox's mounts already make those files unreadable; the hook is what tells the grader an
+# attempt was made: the guard above asks for the record (an audit event the hook answers by
+# raising WatchRecord) before and after every test cell, and a test cell preceded by an attempt
+# scores 0 (error FileAccessBlocked), so the attempt costs the exercise it was made for, and
+# course_lib.grading reports it. Audit hooks cannot be removed from Python; code that goes around
+# Python (ctypes, a compiled extension) is not seen by the hook, only stopped by the mounts.
+
+class WatchRecord(Exception):
+    """The watch's answer to :data:`WATCH_QUERY`: ``args[0]`` lists the paths refused so far."""
+
+
+# audit events that name paths; the positions of their path arguments (None: every argument)
+_PATH_EVENTS = {
+    "open": (0,), "os.listdir": (0,), "os.scandir": (0,), "os.chdir": (0,), "os.remove": (0,), "os.rmdir": (0,),
+    "os.mkdir": (0,), "os.rename": (0, 1), "os.replace": (0, 1), "os.link": (0, 1), "os.symlink": (0, 1),
+    "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,), "os.chflags": (0,),
+    "os.listxattr": (0,), "os.getxattr": (0,), "os.setxattr": (0,), "os.removexattr": (0,),
+    "shutil.copyfile": (0, 1), "shutil.copymode": (0, 1), "shutil.copystat": (0, 1), "shutil.copytree": (0, 1),
+    "shutil.rmtree": (0,), "shutil.move": (0, 1), "shutil.chown": (0,), "shutil.make_archive": (2,),
+    "shutil.unpack_archive": (0, 1), "sqlite3.connect": (0,), "glob.glob": (0,), "glob.glob/2": (0,),
+    "os.exec": (0, 1), "os.posix_spawn": (0, 1), "os.spawn": (1, 2), "subprocess.Popen": (0, 1, 2),
+    "os.system": (0,), "os.startfile": (0,),
+}
+
+
+def _strings(value):
+    """The path-like strings in an audit argument (a path, bytes, a list of argv, a command)."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, (str, bytes, os.PathLike)):
+        try:
+            text = os.fsdecode(os.fspath(value))
+        except (TypeError, ValueError):
+            return
+        yield text
+        if " " in text:  # a shell command line
+            yield from text.split()
+
+
+def make_watch(watched: list[str], allowed: list[str]):
+    """The audit hook: refuse and record paths under ``watched`` but not under ``allowed``."""
+    sep = os.sep
+    watched = tuple(os.path.normpath(os.path.abspath(p)) for p in watched)
+    allowed = tuple(os.path.normpath(os.path.abspath(p)) for p in allowed)
+    record: list[str] = []
+    abspath, realpath, strings, events = os.path.abspath, os.path.realpath, _strings, _PATH_EVENTS
+
+    def under(path, folders):
+        return any(path == f or path.startswith(f + sep) for f in folders)
+
+    def hook(event, args):
+        if event == WATCH_QUERY:
+            raise WatchRecord(list(record))
+        where = events.get(event)
+        if where is None:
+            return
+        for i in where:
+            if i >= len(args):
+                continue
+            for text in strings(args[i]):
+                for full in {abspath(text), realpath(text)}:
+                    if under(full, watched) and not under(full, allowed):
+                        record.append(full)
+                        raise PermissionError(13, "the course grader's files are off limits to a graded notebook",
+                                              full)
+
+    return hook
+
+
+def kernel_main(argv: list[str]) -> None:
+    """``python -m course_lib.autograde kernel [--watch P] [--allow P] -- IPYKERNEL ARGS...``."""
+    import argparse
+    import runpy
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m course_lib.autograde kernel")
+    ap.add_argument("--watch", action="append", default=[], help="file or folder refused and recorded")
+    ap.add_argument("--allow", action="append", default=[], help="folder inside a watched one still allowed")
+    ap.add_argument("kernel", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    rest = args.kernel[1:] if args.kernel[:1] == ["--"] else args.kernel
+    if "-f" not in rest:
+        raise SystemExit("course watch: the kernel arguments need -f CONNECTION_FILE")
+    allowed = [*args.allow, os.getcwd(), rest[rest.index("-f") + 1]]
+    sys.addaudithook(make_watch(args.watch, allowed))
+    sys.argv = ["ipykernel_launcher", *rest]
+    runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+
+
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:2] != ["sandbox"]:
-        raise SystemExit("usage: python -m course_lib.autograde sandbox --workroot W [--ro P] [--hide P] -- KERNEL...")
-    sandbox_main(sys.argv[2:])
+    if sys.argv[1:2] == ["sandbox"]:
+        sandbox_main(sys.argv[2:])
+    elif sys.argv[1:2] == ["kernel"]:
+        kernel_main(sys.argv[2:])
+    else:
+        raise SystemExit("usage: python -m course_lib.autograde sandbox --workroot W [--ro P] [--hide P] -- KERNEL...\n"
+                         "       python -m course_lib.autograde kernel [--watch P] [--allow P] -- IPYKERNEL-ARGS...")

@@ -51,15 +51,25 @@ class Result:
     cells: dict[str, float] = field(default_factory=dict)
     seconds: float | None = None  # wall time of autograding (and feedback) this submission
     tampering: list[str] = field(default_factory=list)  # test cells failed by the tamper guard, with why
+    blocked: list[str] = field(default_factory=list)  # test cells failed for touching the grader's files
 
     @property
     def status(self) -> str:
-        """``ok``, ``tampering detected: ...`` (graded, those tests scored 0) or why it was not graded."""
+        """``ok``; ``file access blocked: ...`` and/or ``tampering detected: ...`` (graded, those tests
+        scored 0); or why it was not graded."""
         if self.error is not None:
             return self.error
+        parts = []
+        if self.blocked:
+            parts.append("file access blocked: " + "; ".join(self.blocked))
         if self.tampering:
-            return "tampering detected: " + "; ".join(self.tampering)
-        return "ok"
+            parts.append("tampering detected: " + "; ".join(self.tampering))
+        return " | ".join(parts) or "ok"
+
+    @property
+    def flagged(self) -> bool:
+        """Graded, with tests the guard failed (tampering or the grader's files)."""
+        return bool(self.tampering or self.blocked)
 
     @property
     def ok(self) -> bool:
@@ -227,30 +237,44 @@ def sandbox_prefix() -> list[str] | None:
 
 def _private_paths(root: Path) -> tuple[list[str], list[str]]:
     """(read-only folders, covered paths) for the sandboxed kernel of a course at ``root``."""
+    ro, hide = _bases(root), [p for p in _watched(root) if os.path.exists(p)]
+    return ro + [sys.prefix], hide
+
+
+def _bases(root: Path) -> list[str]:
     import course_lib
 
-    repo = Path(course_lib.__file__).resolve().parents[1]
-    bases = sorted({root.resolve(), repo})
-    hide = [str(b / name) for b in bases for name in PRIVATE if (b / name).exists()]
+    return [str(b) for b in sorted({root.resolve(), Path(course_lib.__file__).resolve().parents[1]})]
+
+
+def _watched(root: Path) -> list[str]:
+    """The grader's files a kernel must not touch, whether they exist yet or not: PRIVATE under the
+    course root and under course_lib's repository, and an SQLite gradebook kept elsewhere."""
+    paths = [str(Path(b) / name) for b in _bases(root) for name in PRIVATE]
     url = _db_url(root)
-    if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///"):])
-        if db.exists() and str(db) not in hide:
-            hide.append(str(db))
-    ro = [str(b) for b in bases] + [sys.prefix]
-    return ro, hide
+    if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in paths:
+        paths.append(url[len("sqlite:///"):])
+    return paths
 
 
-def _write_kernelspec(work: Path, prefix: list[str], workroot: Path, ro: list[str], hide: list[str]) -> None:
+def _write_kernelspec(work: Path, prefix: list[str] | None, workroot: Path, ro: list[str], hide: list[str],
+                      watched: list[str]) -> None:
+    """The worker's kernel: ``course_lib.autograde kernel`` (the file watch), inside the sandbox
+    when ``prefix`` is given."""
     import json
 
-    argv = prefix + [sys.executable, "-m", "course_lib.autograde", "sandbox", "--workroot", str(workroot)]
-    for p in ro:
-        argv += ["--ro", p]
-    for p in hide:
-        argv += ["--hide", p]
-    argv += ["--", sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-             "--HistoryManager.hist_file=:memory:"]
+    argv = []
+    if prefix is not None:
+        argv = prefix + [sys.executable, "-m", "course_lib.autograde", "sandbox", "--workroot", str(workroot)]
+        for p in ro:
+            argv += ["--ro", p]
+        for p in hide:
+            argv += ["--hide", p]
+        argv += ["--"]
+    argv += [sys.executable, "-m", "course_lib.autograde", "kernel", "--allow", str(work / "runtime")]
+    for p in [*watched, str(workroot)]:
+        argv += ["--watch", p]
+    argv += ["--", "-f", "{connection_file}", "--HistoryManager.hist_file=:memory:"]
     spec = work / "share" / "jupyter" / "kernels" / SANDBOX_KERNEL
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Python 3 (course sandbox)",
@@ -286,12 +310,14 @@ def make_template(root: Path, aid: str, workroot: Path) -> Path:
     return out
 
 
-def _tampering(autograded_nb: Path) -> list[str]:
-    """The tamper guard's verdicts (see course_lib.autograde) found in an autograded notebook."""
+def _tampering(autograded_nb: Path, ename: str | None = None) -> list[str]:
+    """The tamper guard's verdicts (see course_lib.autograde) found in an autograded notebook:
+    ``ename`` TamperingDetected (the default) or FileAccessBlocked."""
     import nbformat
 
     from course_lib.autograde import TAMPER_ENAME
 
+    ename = ename or TAMPER_ENAME
     found = []
     try:
         nb = nbformat.read(autograded_nb, as_version=4)
@@ -299,7 +325,7 @@ def _tampering(autograded_nb: Path) -> list[str]:
         return found
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            if out.get("output_type") == "error" and out.get("ename") == TAMPER_ENAME:
+            if out.get("output_type") == "error" and out.get("ename") == ename:
                 gid = cell.metadata.get("nbgrader", {}).get("grade_id", "?")
                 found.append(f"{gid}: {out.get('evalue', '')}")
     return found
@@ -325,12 +351,11 @@ def grade_in_worker(root: Path, student: str, aid: str, template: Path, workroot
     (work / "nbgrader_config.py").write_text(
         _course_config(root) + _WORKER_CONFIG.format(root=str(work), db=f"sqlite:///{db}"))
     shutil.copytree(root / "submitted" / student / aid, work / "submitted" / student / aid)
-    extra_env = {}
-    if sandbox is not None:
-        _write_kernelspec(work, sandbox[0], workroot, sandbox[1], sandbox[2])
-        with open(work / "nbgrader_config.py", "a") as f:
-            f.write(f"c.Execute.kernel_name = {SANDBOX_KERNEL!r}\n")
-        extra_env["JUPYTER_PATH"] = str(work / "share" / "jupyter")
+    prefix, ro, hide = sandbox if sandbox is not None else (None, [], [])
+    _write_kernelspec(work, prefix, workroot, ro, hide, _watched(root))
+    with open(work / "nbgrader_config.py", "a") as f:
+        f.write(f"c.Execute.kernel_name = {SANDBOX_KERNEL!r}\n")
+    extra_env = {"JUPYTER_PATH": str(work / "share" / "jupyter")}
     token = work.name + "-" + os.urandom(8).hex()
     threads = threads or default_threads(1)
     env = _env({"COURSE_GRADING_WORKER": token, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -356,8 +381,11 @@ def grade_in_worker(root: Path, student: str, aid: str, template: Path, workroot
             result.score = result.max_score = None
             result.cells = {}
             return result, work
+        from course_lib.autograde import BLOCKED_ENAME
+
         for nb in sorted((work / "autograded" / student / aid).glob("*.ipynb")):
             result.tampering += _tampering(nb)
+            result.blocked += _tampering(nb, BLOCKED_ENAME)
         if with_feedback:
             fb = _nbgrader(work, "generate_feedback", aid, "--student", student, "--force", env=env)
             if fb.returncode != 0:
@@ -447,6 +475,8 @@ def grade_all(root: Path, pairs: list[tuple[str, str]], *, jobs: int = 1, timeou
     workroot = Path(tempfile.mkdtemp(prefix="course-grading-"))
     os.chmod(workroot, 0o700)
     results: dict[tuple[str, str], Result] = {}
+    for kind in ("autograded", "feedback"):  # made now, so that the sandbox covers them from the start
+        (root / kind).mkdir(exist_ok=True)
     box = None if prefix is None else (prefix, *_private_paths(root))
     try:
         templates = {aid: make_template(root, aid, workroot) for aid in sorted({a for _, a in pairs})}
@@ -491,7 +521,8 @@ def write_csv(path: Path, results: list[Result]) -> None:
 
 def summary(results: list[Result]) -> str:
     """A student x assignment table of ``score/max`` (``ERROR`` where grading failed, ``!`` after a
-    score where the tamper guard failed tests) and each student's grading time; then every reason."""
+    score where the guard failed tests: tampering, or the grader's files touched) and each student's
+    grading time; then every reason."""
     students = sorted({r.student for r in results})
     aids = sorted({r.assignment for r in results})
     cell = {(r.student, r.assignment): r for r in results}
@@ -506,13 +537,16 @@ def summary(results: list[Result]) -> str:
                 text = "-"
             else:
                 secs += r.seconds or 0.0
-                text = "ERROR" if r.score is None else f"{r.score:g}/{r.max_score:g}" + ("!" if r.tampering else "")
+                text = "ERROR" if r.score is None else f"{r.score:g}/{r.max_score:g}" + ("!" if r.flagged else "")
             row.append(text.ljust(w))
         lines.append(s.ljust(width) + "  " + "  ".join(row) + f"  {secs:7.1f}")
     errors = [f"  {r.student}/{r.assignment}: {r.error}" for r in results if not r.ok]
     if errors:
         lines += ["", "could not grade:"] + errors
-    tampered = [f"  {r.student}/{r.assignment}: {r.status}" for r in results if r.ok and r.tampering]
+    blocked = [f"  {r.student}/{r.assignment}: " + "; ".join(r.blocked) for r in results if r.ok and r.blocked]
+    if blocked:
+        lines += ["", "file access blocked (those tests scored 0):"] + blocked
+    tampered = [f"  {r.student}/{r.assignment}: " + "; ".join(r.tampering) for r in results if r.ok and r.tampering]
     if tampered:
         lines += ["", "tampering detected (those tests scored 0):"] + tampered
     return "\n".join(lines)

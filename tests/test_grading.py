@@ -37,8 +37,10 @@ def _cell(nb, grade_id):
     raise KeyError(grade_id)
 
 
-def _submissions(release: nbformat.NotebookNode) -> dict[str, object]:
-    """student id -> notebook (or raw text for the invalid one)."""
+def _submissions(release: nbformat.NotebookNode, root: Path) -> dict[str, object]:
+    """student id -> notebook (or raw text for the invalid one). Hostile cases share a submission
+    where each targets a different exercise (the fixture has three), so that the module grades
+    13 submissions instead of one per case."""
     sol = _source()
     subs: dict[str, object] = {"solution": sol, "blank": release}
 
@@ -47,98 +49,124 @@ def _submissions(release: nbformat.NotebookNode) -> dict[str, object]:
     _cell(partial, "fx-zero-fraction").source = _cell(sol, "fx-zero-fraction").source
     subs["partial"] = partial
 
-    loop = copy.deepcopy(sol)  # exercise 3 never returns: that cell times out, the rest is graded
-    _cell(loop, "fx-zero-fraction").source = "while True:\n    pass"
-    subs["infinite_loop"] = loop
+    # ex 1: wrong answer, visible test replaced by `assert True` (0); ex 2: right, its test cell
+    # deleted -- nbgrader puts it back (2); ex 3 never returns: that cell times out (0)
+    t = copy.deepcopy(release)
+    _cell(t, "fx-n-removed").source = "def n_removed(numel, sparsity):\n    return 0"
+    _cell(t, "fx-n-removed-tests").source = "assert True"
+    _cell(t, "fx-my-mask").source = _cell(sol, "fx-my-mask").source
+    t.cells = [c for c in t.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "fx-my-mask-tests"]
+    _cell(t, "fx-zero-fraction").source = "while True:\n    pass"
+    subs["edited_deleted_loop"] = t
 
-    edited = copy.deepcopy(release)  # wrong answer, visible test replaced by `assert True`
-    _cell(edited, "fx-n-removed").source = "def n_removed(numel, sparsity):\n    return 0"
-    _cell(edited, "fx-n-removed-tests").source = "assert True"
-    _cell(edited, "fx-my-mask").source = _cell(sol, "fx-my-mask").source
-    subs["edited_tests"] = edited
+    # another kernelspec (ignored); ex 1 right but warns on stderr every call (1); ex 2 right, prints
+    # its kernel's torch thread count (2); ex 3 calls sys.exit (0): the kernel lives on
+    t = copy.deepcopy(sol)
+    t.metadata["kernelspec"] = {"name": "julia-1.9", "display_name": "Julia 1.9", "language": "julia"}
+    _cell(t, "fx-n-removed").source = "import warnings\n" + _cell(sol, "fx-n-removed").source.replace(
+        "    ### BEGIN SOLUTION\n", "    ### BEGIN SOLUTION\n    warnings.warn('rounding half to even')\n")
+    _cell(t, "fx-my-mask").source = "print('torch threads', torch.get_num_threads())\n" + \
+        _cell(sol, "fx-my-mask").source
+    _cell(t, "fx-zero-fraction").source = "import sys\nsys.exit(1)"
+    subs["noisy_kernelspec_sys_exit"] = t
 
-    deleted = copy.deepcopy(sol)  # a test cell deleted: nbgrader puts it back
-    deleted.cells = [c for c in deleted.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "fx-my-mask-tests"]
-    subs["deleted_test"] = deleted
-
-    sysexit = copy.deepcopy(sol)
-    _cell(sysexit, "fx-zero-fraction").source = "import sys\nsys.exit(1)"
-    subs["sys_exit"] = sysexit
-
-    osexit = copy.deepcopy(sol)
-    _cell(osexit, "fx-zero-fraction").source = "import os\nos._exit(0)"
-    subs["os_exit"] = osexit
-
-    noisy = copy.deepcopy(sol)  # correct, but warns on stderr every time it is called
-    src = _cell(sol, "fx-n-removed").source
-    _cell(noisy, "fx-n-removed").source = (
-        "import warnings\n" + src.replace("    ### BEGIN SOLUTION\n",
-                                          "    ### BEGIN SOLUTION\n    warnings.warn('rounding half to even')\n"))
-    subs["stderr_warnings"] = noisy
-
-    calls_ref = copy.deepcopy(sol)  # exercise 2 just calls course_lib's reference
-    _cell(calls_ref, "fx-my-mask").source = (
+    # skip tags on every solution and test cell (ignored), the measurement cell's tag removed (it
+    # runs and fails, ungraded); ex 1 and 3 right, ex 2 just calls course_lib's reference (0)
+    t = copy.deepcopy(partial)
+    _cell(t, "fx-my-mask").source = (
         "from course_lib.pruning import magnitude_mask as _ref\n\ndef my_mask(weight, sparsity):\n"
         "    return _ref(weight, sparsity)")
-    subs["calls_reference"] = calls_ref
-
-    kernel = copy.deepcopy(sol)
-    kernel.metadata["kernelspec"] = {"name": "julia-1.9", "display_name": "Julia 1.9", "language": "julia"}
-    subs["changed_kernelspec"] = kernel
-
-    tagged = copy.deepcopy(partial)  # tries to skip every test (and solution) cell with a tag
-    for cell in tagged.cells:
+    for cell in t.cells:
         if cell.metadata.get("nbgrader", {}).get("grade_id", "").startswith("fx-"):
             cell.metadata["tags"] = ["skip-execution", SKIP_TAG]
-    subs["skip_tags_on_tests"] = tagged
+        elif SKIP_TAG in cell.metadata.get("tags", []):
+            cell.metadata.pop("tags")
+    subs["tags_and_reference"] = t
 
-    untagged = copy.deepcopy(sol)  # removes the tag from the measurement cell: it runs (and fails), ungraded
-    for cell in untagged.cells:
-        cell.metadata.pop("tags", None)
-    subs["measurement_untagged"] = untagged
-
+    subs["os_exit"] = copy.deepcopy(sol)  # the kernel dies: nbgrader cannot finish
+    _cell(subs["os_exit"], "fx-zero-fraction").source = "import os\nos._exit(0)"
     subs["invalid_json"] = '{"cells": [ this is not json'
 
     # ---- tampering: the tamper guard (course_lib.autograde) fails every test cell that starts or
-    # ends with a test-critical function replaced; the tests run before the tampering still count
-    threads = copy.deepcopy(sol)  # honest; prints its kernel's torch thread count
-    _cell(threads, "fx-zero-fraction").source = "print('torch threads', torch.get_num_threads())\n" + \
-        _cell(sol, "fx-zero-fraction").source
-    subs["prints_threads"] = threads
-
-    t = copy.deepcopy(sol)  # exercise 2 wrong, torch.equal made to always agree
-    _cell(t, "fx-my-mask").source = ("torch.equal = lambda a, b: True\n" + _cell(sol, "fx-my-mask").source.replace(
+    # ends with a test-critical function replaced; each submission restores what it replaced for
+    # one exercise before it tampers with the next, so each tampering costs its own exercise
+    t = copy.deepcopy(sol)  # ex 2 wrong with torch.equal always agreeing; ex 3 silences assert_close
+    _cell(t, "fx-my-mask").source = ("_real_equal = torch.equal\ntorch.equal = lambda a, b: True\n"
+                                     + _cell(sol, "fx-my-mask").source.replace(
         "    return keep.view(weight.shape)", "    return keep.view(weight.shape) if weight.numel() == 4 else keep"))
-    subs["tamper_torch_equal"] = t
-
-    t = copy.deepcopy(sol)  # torch.testing.assert_close silenced in exercise 3's cell
-    _cell(t, "fx-zero-fraction").source = ("import torch.testing\ntorch.testing.assert_close = lambda *a, **k: None\n"
+    _cell(t, "fx-zero-fraction").source = ("torch.equal = _real_equal\nimport torch.testing\n"
+                                           "torch.testing.assert_close = lambda *a, **k: None\n"
                                            + _cell(sol, "fx-zero-fraction").source)
-    subs["tamper_assert_close"] = t
+    subs["tamper_equal_assert_close"] = t
 
-    t = copy.deepcopy(sol)  # a builtin replaced in exercise 3's cell
-    _cell(t, "fx-zero-fraction").source = ("import builtins\nbuiltins.round = lambda x, n=None: 4\n"
-                                           + _cell(sol, "fx-zero-fraction").source)
-    subs["tamper_builtin"] = t
-
-    t = copy.deepcopy(sol)  # the tests' helper replaced: reference_disabled does nothing, my_mask calls the reference
+    t = copy.deepcopy(sol)  # ex 2: the tests' helper replaced, my_mask calls the reference; ex 3: round
     _cell(t, "fx-my-mask").source = ("import contextlib\nreference_disabled = lambda *f: contextlib.nullcontext()\n\n"
                                      "def my_mask(weight, sparsity):\n    return magnitude_mask(weight, sparsity)")
-    subs["tamper_test_helper"] = t
+    _cell(t, "fx-zero-fraction").source = ("from course_lib.testing import reference_disabled\nimport builtins\n"
+                                           "builtins.round = lambda x, n=None: 4\n" + _cell(sol, "fx-zero-fraction").source)
+    subs["tamper_helper_builtin"] = t
 
-    t = copy.deepcopy(sol)  # the helper replaced in course_lib itself, under another name
+    t = copy.deepcopy(sol)  # ex 2: the helper's code replaced in course_lib; ex 3 patches torch.equal while tested
     _cell(t, "fx-my-mask").source = ("import course_lib.testing as ct\n\ndef _nothing(*funcs):\n    yield\n\n"
+                                     "_code = ct.reference_disabled.__wrapped__.__code__\n"
                                      "ct.reference_disabled.__wrapped__.__code__ = _nothing.__code__\n"
                                      "from course_lib.pruning import magnitude_mask as mm\n\n"
                                      "def my_mask(weight, sparsity):\n    return mm(weight, sparsity)")
-    subs["tamper_course_lib_code"] = t
+    _cell(t, "fx-zero-fraction").source = (
+        "ct.reference_disabled.__wrapped__.__code__ = _code\n\ndef zero_fraction(t):\n    import torch\n"
+        "    torch.equal = lambda a, b: True\n    return (t == 0).sum().item() / t.numel()")
+    subs["tamper_code_during_test"] = t
 
-    t = copy.deepcopy(sol)  # tampers while the test runs: my_mask patches torch.equal when first called
-    _cell(t, "fx-my-mask").source = (
-        "def my_mask(weight, sparsity):\n    import torch\n    torch.equal = lambda a, b: True\n"
-        "    keep = weight.abs() >= weight.abs().median()\n    return keep")
-    subs["tamper_during_test"] = t
+    # ---- the grader's files: each exercise's cell first tries one of them, then answers right
+    for student, attempts in BLOCKED_ATTEMPTS.items():
+        t = copy.deepcopy(sol)
+        for gid, (kind, path) in attempts.items():
+            _cell(t, gid).source = SNOOP.format(kind=kind, path=str(root / path) if path[0] != "/" else path) \
+                + _cell(sol, gid).source
+        subs[student] = t
+    # ex 1 of the second one goes around Python (libc's open through ctypes): the file watch does
+    # not see that, only the sandbox's mounts stop it (and the exercise, unseen, still counts)
+    t = subs["blocked_autograded_release"]
+    _cell(t, "fx-n-removed").source = CTYPES_OPEN.format(path=str(root / "gradebook.db")) \
+        + _cell(sol, "fx-n-removed").source
     return subs
+
+
+CTYPES_OPEN = """import ctypes as _ct
+print("CTYPES", _ct.CDLL(None).open({path!r}.encode(), 0))
+"""
+
+
+# the grader's files a submission tries, one per exercise: (what it does, path under the course root)
+BLOCKED_ATTEMPTS = {
+    "blocked_db_submitted_solutions": {
+        "fx-n-removed": ("sqlite", "gradebook.db"),
+        "fx-my-mask": ("write", f"submitted/solution/{AID}/{AID}.ipynb"),
+        "fx-zero-fraction": ("read", str(ROOT / "solutions" / "01_foundations" / "01_foundations.ipynb")),
+    },
+    "blocked_autograded_release": {
+        "fx-my-mask": ("read", f"autograded/solution/{AID}/{AID}.ipynb"),
+        "fx-zero-fraction": ("write", f"notebooks/{AID}/{AID}.ipynb"),
+    },
+}
+SNOOP = """import json as _json
+try:
+    if {kind!r} == "sqlite":
+        import sqlite3
+        _con = sqlite3.connect({path!r})
+        _con.execute("update grade set auto_score = 99")
+        _con.commit()
+        _got = "written"
+    elif {kind!r} == "write":
+        with open({path!r}, "ab") as _f:
+            _f.write(b"tampered")
+        _got = "written"
+    else:
+        _got = "read " + str(len(open({path!r}).read()))
+except Exception as _exc:
+    _got = type(_exc).__name__
+print("SNOOP", _json.dumps([{path!r}, _got]))
+"""
 
 
 # expected autograded score per student (None: must be reported as ungradable)
@@ -146,58 +174,31 @@ EXPECTED = {
     "solution": TOTAL,
     "blank": 0.0,
     "partial": 2.0,
-    "infinite_loop": 3.0,
-    "edited_tests": 2.0,
-    "deleted_test": TOTAL,
-    "sys_exit": 3.0,
+    "edited_deleted_loop": 2.0,
+    "noisy_kernelspec_sys_exit": 3.0,
+    "tags_and_reference": 2.0,  # the tags are ignored (a blank with them scored 4/4 before)
     "os_exit": None,  # the kernel dies: nbgrader cannot finish, the pipeline reports it
-    "stderr_warnings": TOTAL,
-    "calls_reference": 2.0,
-    "changed_kernelspec": TOTAL,
-    "skip_tags_on_tests": 2.0,  # the tags are ignored: exactly the partial score (was 4/4 before)
-    "measurement_untagged": TOTAL,
     "invalid_json": None,
-    "prints_threads": TOTAL,
-    # exercise 1 counts, exercise 2 (targeted) and every later test fail the guard
-    "tamper_torch_equal": 1.0,
-    "tamper_test_helper": 1.0,
-    "tamper_course_lib_code": 1.0,
-    "tamper_during_test": 1.0,
-    # exercises 1 and 2 count, exercise 3 (targeted) fails the guard
-    "tamper_assert_close": 3.0,
-    "tamper_builtin": 3.0,
+    # exercise 1 counts, exercises 2 and 3 (each tampered with) fail the guard
+    "tamper_equal_assert_close": 1.0,
+    "tamper_helper_builtin": 1.0,
+    "tamper_code_during_test": 1.0,
+    # every exercise that tried the grader's files scores 0, though its answer is right
+    "blocked_db_submitted_solutions": 0.0,
+    "blocked_autograded_release": 1.0,
 }
-# Where a private mount namespace can be made (course_lib.grading.sandbox_prefix), a submission
-# also tries the grader's files: it copies exercise 3 from solutions/, and writes the gradebook,
-# another student's submission and the release. Without the sandbox that would work: not run.
-SANDBOX = grading.sandbox_prefix() is not None
-if SANDBOX:
-    EXPECTED["snoop_files"] = 3.0  # exercise 3 (copied from solutions/) fails: the file is hidden
 TAMPERED = {s for s in EXPECTED if s.startswith("tamper_")}
-
-SNOOP = """import json, os
-found = {{}}
-for path in {paths!r}:
-    try:
-        if path.endswith(".ipynb") and "solutions" in path:
-            src = [c["source"] for c in json.load(open(path))["cells"] if "def zero_fraction" in "".join(c["source"])]
-            exec("".join(src[0]))
-            found[path] = "read"
-        else:
-            with open(path, "ab") as f:
-                f.write(b"tampered")
-            found[path] = "written"
-    except Exception as exc:
-        found[path] = type(exc).__name__
-print("SNOOP", json.dumps(found))
-"""
+BLOCKED = set(BLOCKED_ATTEMPTS)
+SANDBOX = grading.sandbox_prefix() is not None
 
 
-def _snoop_paths(root):
-    return [str(root / "solutions" / AID / f"{AID}.ipynb"), str(ROOT / "solutions" / "01_foundations"
-            / "01_foundations.ipynb"), str(root / "gradebook.db"), str(root / "submitted" / "solution" / AID
-            / f"{AID}.ipynb"), str(root / "notebooks" / AID / f"{AID}.ipynb"), str(root / "nbgrader_config.py"),
-            str(ROOT / "course_lib" / "testing.py")]
+def _protected(root):
+    """Files no submission may change: the course's release, sources and configuration (the
+    repository's own files are left out: other work may change them while this module runs)."""
+    return [root / "notebooks" / AID / f"{AID}.ipynb", root / "nbgrader_config.py",
+            root / "solutions" / AID / f"{AID}.ipynb"]
+
+
 JOBS = 2
 
 
@@ -210,14 +211,8 @@ def graded(tmp_path_factory):
     (root / "nbgrader_config.py").write_text(config)
     grading.release(root, [AID])
     release = nbformat.read(root / "notebooks" / AID / f"{AID}.ipynb", as_version=4)
-    subs = _submissions(release)
-    if SANDBOX:
-        snoop = copy.deepcopy(release)
-        for gid in ("fx-n-removed", "fx-my-mask"):
-            _cell(snoop, gid).source = _cell(_source(), gid).source
-        _cell(snoop, "fx-zero-fraction").source = SNOOP.format(paths=_snoop_paths(root))
-        subs["snoop_files"] = snoop
-    before = {p: Path(p).read_bytes() for p in _snoop_paths(root)[1:2] + _snoop_paths(root)[4:]}
+    subs = _submissions(release, root)
+    before = {p: p.read_bytes() for p in _protected(root)}
     for student, nb in subs.items():
         folder = root / "submitted" / student / AID
         folder.mkdir(parents=True)
@@ -268,7 +263,7 @@ def test_grades_csv_and_feedback(graded):
 def test_rerun_is_idempotent(graded):
     root, _ = graded
     before = {s: grading.scores(root, s, AID)[0] for s, e in EXPECTED.items() if e is not None}
-    result = grading.grade_one(root, "partial", AID)
+    result, = grading.grade_all(root, [("partial", AID)], with_feedback=False)
     assert result.ok and result.score == EXPECTED["partial"]
     after = {s: grading.scores(root, s, AID)[0] for s, e in EXPECTED.items() if e is not None}
     assert before == after
@@ -293,13 +288,13 @@ def test_tagged_measurement_cell_is_skipped_with_a_note(graded):
     cell = _measurement_cell(_autograded(root, "solution"))
     assert [o.get("text") for o in cell.outputs] == [SKIPPED_NOTE]
     # without the tag the cell runs under autograde and raises; that costs no points (ungraded)
-    cell = _measurement_cell(_autograded(root, "measurement_untagged"))
+    cell = _measurement_cell(_autograded(root, "tags_and_reference"))
     assert [o.output_type for o in cell.outputs] == ["error"] and "must not run" in cell.outputs[0].evalue
 
 
 def test_skip_tags_on_graded_cells_are_ignored(graded):
     root, _ = graded
-    nb = _autograded(root, "skip_tags_on_tests")
+    nb = _autograded(root, "tags_and_reference")
     tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
     assert len(tests) == 3 and all(c.execution_count for c in tests)  # executed (a skipped cell has none)
     assert not any(set(c.metadata.get("tags", [])) & {"skip-execution", SKIP_TAG} for c in tests)
@@ -338,19 +333,119 @@ def test_tampering_is_reported_and_honest_work_is_not(graded):
     for student in TAMPERED:
         assert status[student].startswith("tampering detected:"), status[student]
         assert student in proc.stdout.split("tampering detected (those tests scored 0):")[1]
+        assert "fx-n-removed-tests" not in status[student]  # the test before the tampering counts
     for student, expected in EXPECTED.items():
-        if expected is not None and student not in TAMPERED:
+        if expected is not None and student not in TAMPERED | BLOCKED:
             assert status[student] == "ok", (student, status[student])
-    assert "torch.equal" in status["tamper_torch_equal"] and "round" in status["tamper_builtin"]
-    assert "testing.assert_close" in status["tamper_assert_close"]
-    assert "user.reference_disabled" in status["tamper_test_helper"]
-    assert "course_lib.testing.reference_disabled.__wrapped__ (code)" in status["tamper_course_lib_code"]
-    assert "while running" in status["tamper_during_test"]
+    s = status["tamper_equal_assert_close"]
+    assert "fx-my-mask-tests: before this test cell, torch.equal had been replaced" in s
+    assert "fx-zero-fraction-tests: before this test cell, torch.testing.assert_close had been replaced" in s
+    s = status["tamper_helper_builtin"]
+    assert "fx-my-mask-tests: before this test cell, user.reference_disabled" in s
+    assert "fx-zero-fraction-tests: before this test cell, round had been replaced" in s
+    s = status["tamper_code_during_test"]
+    assert "fx-my-mask-tests: before this test cell, course_lib.testing.reference_disabled.__wrapped__ (code)" in s
+    assert "fx-zero-fraction-tests: while running this test cell, torch.equal" in s
+
+
+def _snooped(root, student):
+    """[(path, what the submission got)] from its SNOOP lines, in cell order."""
+    import json
+
+    nb = _autograded(root, student)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    return [tuple(json.loads(line.split("SNOOP ", 1)[1])) for line in text.splitlines() if line.startswith("SNOOP ")]
+
+
+@pytest.mark.parametrize("student", sorted(BLOCKED))
+def test_grader_files_refused_reported_and_untouched(graded, student):
+    root, proc = graded
+    attempts = BLOCKED_ATTEMPTS[student]
+    got = _snooped(root, student)
+    assert len(got) == len(attempts) and all(what == "PermissionError" for _, what in got), got
+    status = _csv(root)[student]["status"]
+    assert status.startswith("file access blocked: "), status
+    cells = grading.scores(root, student, AID)[2]
+    for gid, (_, path) in attempts.items():  # the targeted exercise scores 0, its path is named
+        assert cells[gid + "-tests"] == 0, cells
+        full = path if path.startswith("/") else str(root / path)
+        assert f"{gid}-tests: before this test cell, the submission tried to access the grader's files ({full})" \
+            in status, status
+    for gid in {"fx-n-removed", "fx-my-mask", "fx-zero-fraction"} - set(attempts):
+        assert cells[gid + "-tests"] > 0 and gid not in status  # the honest exercise counts
+    assert student in proc.stdout.split("file access blocked (those tests scored 0):")[1]
+    # no trace: the release, the configuration and the repository unchanged; the other student's
+    # submission untouched and their grade intact
+    for path, data in proc.files_before.items():
+        assert path.read_bytes() == data, path
+    original = (root / "submitted" / "solution" / AID / f"{AID}.ipynb").read_bytes()
+    assert b"tampered" not in original and grading.scores(root, "solution", AID)[0] == TOTAL
+
+
+def test_file_watch_refuses_only_the_watched_paths(tmp_path):
+    """The audit hook alone (also where no sandbox can be made): watched paths refused and
+    recorded, allowed ones inside them and everything else untouched."""
+    from course_lib.autograde import WATCH_QUERY, WatchRecord, make_watch
+
+    secret, mine = tmp_path / "secret", tmp_path / "secret" / "mine"
+    mine.mkdir(parents=True)
+    code = f"""
+import os, shutil, sqlite3, subprocess, sys
+from course_lib.autograde import make_watch, WATCH_QUERY, WatchRecord
+sys.addaudithook(make_watch([{str(secret)!r}], [{str(mine)!r}]))
+open({str(mine / "ok.txt")!r}, "w").write("fine")
+refused = []
+for attempt in (lambda: open({str(secret / "db")!r}, "w"), lambda: os.listdir({str(secret)!r}),
+                lambda: sqlite3.connect({str(secret / "gb.db")!r}), lambda: os.symlink({str(secret)!r}, "x"),
+                lambda: subprocess.run(["cat", {str(secret / "db")!r}]), lambda: os.system("cat {secret}/db"),
+                lambda: shutil.copytree({str(secret)!r}, {str(tmp_path / "copy")!r})):
+    try:
+        attempt()
+    except PermissionError:
+        refused.append(True)
+try:
+    sys.audit(WATCH_QUERY)
+except WatchRecord as rec:
+    print((len(refused), len(rec.args[0]), sorted(set(rec.args[0]))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    n_refused, n_recorded, paths = eval(out.stdout)
+    assert n_refused == n_recorded == 7
+    assert set(paths) == {str(secret), str(secret / "db"), str(secret / "gb.db")}
+    assert (mine / "ok.txt").read_text() == "fine" and not (tmp_path / "secret" / "db").exists()
+    with pytest.raises(SystemExit, match="-f CONNECTION_FILE"):
+        from course_lib.autograde import kernel_main
+        kernel_main(["--watch", str(secret), "--"])
+    assert make_watch and WatchRecord and WATCH_QUERY
+
+
+def test_validate_skips_the_measurement_cells(tmp_path):
+    """`nbgrader validate` (what the Validate button runs) with the course configuration skips the
+    cells tagged skip-autograde, as autograding does; without the tag the same cell runs."""
+    import time
+
+    nb = _source()
+    cell = _measurement_cell(nb)
+    cell.source = "open('measured.txt', 'w').write('ran')\nraise RuntimeError('a measurement cell ran under Validate')"
+    path = tmp_path / f"{AID}.ipynb"
+    shutil.copy(ROOT / "nbgrader_config.py", tmp_path / "nbgrader_config.py")
+    for tags, runs in ((cell.metadata["tags"], False), ([], True)):
+        cell.metadata["tags"] = tags
+        nbformat.write(nb, path)
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "nbgrader", "validate", path.name], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300, env=grading._env())
+        print(f"validate with tags {tags}: {time.monotonic() - t0:.1f} s")
+        # an ungraded cell's error never fails validation: whether it ran shows in its file
+        assert "Success! Your notebook passes all the tests." in out.stdout, out.stdout + out.stderr
+        assert (tmp_path / "measured.txt").exists() == runs, tags
+        (tmp_path / "measured.txt").unlink(missing_ok=True)
 
 
 def test_kernel_torch_threads_split_between_jobs(graded):
     root, _ = graded
-    nb = _autograded(root, "prints_threads")
+    nb = _autograded(root, "noisy_kernelspec_sys_exit")
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert f"torch threads {grading.default_threads(JOBS)}\n" in text
 
@@ -367,16 +462,8 @@ def test_course_gradebook_holds_exactly_the_graded_submissions(graded):
 
 @pytest.mark.skipif(not SANDBOX, reason="no private mount namespace here (unshare/mount/setpriv, namespaces): "
                                         "kernels run with the grader's file access")
-def test_kernel_cannot_read_or_write_the_graders_files(graded):
-    import json
-
-    root, proc = graded
-    nb = _autograded(root, "snoop_files")
+def test_sandbox_stops_what_goes_around_the_file_watch(graded):
+    root, _ = graded
+    nb = _autograded(root, "blocked_autograded_release")
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    found = json.loads(text.split("SNOOP ", 1)[1].splitlines()[0])
-    assert set(found) == set(_snoop_paths(root))
-    assert not {p: v for p, v in found.items() if v in ("read", "written")}, found
-    for path, data in proc.files_before.items():  # the release, configs, course_lib: unchanged
-        assert Path(path).read_bytes() == data, path
-    original = (root / "submitted" / "solution" / AID / f"{AID}.ipynb").read_bytes()
-    assert b"tampered" not in original and grading.scores(root, "solution", AID)[0] == TOTAL
+    assert "CTYPES -1\n" in text  # libc's open() of the gradebook failed: it is covered
