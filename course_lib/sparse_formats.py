@@ -237,3 +237,11 @@ def _pack_2bit(codes: torch.Tensor) -> torch.Tensor:
 def _unpack_2bit(packed: torch.Tensor, k: int) -> torch.Tensor:
     shifts = torch.tensor([0, 2, 4, 6], device=packed.device)
     return ((packed.to(torch.int64)[:, None] >> shifts) & 3).reshape(-1)[:k]
+
+
+def torch_prune_ram_bytes(weight: torch.Tensor) -> int:
+    """Bytes that ``torch.nn.utils.prune`` holds in memory for one pruned weight: ``weight_orig``
+    (the parameter), ``weight_mask`` (a buffer of the weight's dtype) and the ``weight`` attribute
+    it recomputes as their product before each forward -- three dense copies (``3*R*C*v``). A saved
+    state dict holds the first two (:func:`masked_dense_bytes`)."""
+    return 3 * dense_bytes(weight)

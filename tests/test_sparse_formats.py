@@ -260,3 +260,18 @@ def test_2_4_bytes_match_torch_semi_structured(backend, dtype, shape):
     parts = [t for t in (sparse.packed, sparse.meta) if t is not None]
     assert nbytes(*parts) == nm_compressed_bytes(w)
     assert torch.equal(sparse.to_dense(), w)
+
+
+def test_torch_prune_holds_three_dense_copies_in_ram_and_saves_two():
+    import torch.nn.utils.prune as prune_
+
+    from course_lib.sparse_formats import torch_prune_ram_bytes
+
+    layer = torch.nn.Linear(24, 8, bias=False).half()
+    prune_.l1_unstructured(layer, "weight", amount=0.5)
+    copies = (layer.weight_orig, layer.weight_mask, layer.weight)
+    assert len({t.untyped_storage().data_ptr() for t in copies}) == 3
+    assert sum(t.untyped_storage().nbytes() for t in copies) == torch_prune_ram_bytes(layer.weight) == 3 * 8 * 24 * 2
+    state = layer.state_dict()
+    assert set(state) == {"weight_orig", "weight_mask"}
+    assert sum(t.untyped_storage().nbytes() for t in state.values()) == masked_dense_bytes(layer.weight)
