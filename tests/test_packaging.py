@@ -1,8 +1,12 @@
 """Packaging: environment.yml and pyproject.toml list the same dependencies."""
 
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,17 +27,42 @@ def test_environment_yml_matches_pyproject():
 
 
 def _make_test_commands() -> list[str]:
-    """The recipe lines of the Makefile's `test` target, with its `NAME := value` variables expanded."""
+    """The two passes of the Makefile's `test` target, with its variables expanded."""
     makefile = (ROOT / "Makefile").read_text()
     variables = dict(re.findall(r"^([A-Z_]+) :?= ?(.*)$", makefile, re.M))
     variables["BIN"] = ".venv/bin"
     recipe = re.search(r"^test: install\n((?:\t.+\n)+)", makefile, re.M).group(1)
     commands = []
-    for line in recipe.splitlines():
+    for name in ("FIRST_PASS", "OTHER_CPU_PASS"):
+        assert f"$({name})" in recipe, f"make test does not run {name}"
+        line = variables[name]
         for _ in range(5):  # nested variables
             line = re.sub(r"\$\(([A-Z_]+)\)", lambda m: variables.get(m.group(1), ""), line)
         commands.append(" ".join(line.split()))
     return commands
+
+
+@pytest.mark.parametrize("first, second", [(0, 0), (1, 0), (0, 1)])
+def test_make_test_runs_both_passes_and_fails_when_either_fails(tmp_path, first, second):
+    """`make test` with a stand-in python: both passes run, the second's output is shown, and the exit
+    status is non-zero when either pass fails."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    script = fake / "python"
+    script.write_text("#!/bin/sh\n"
+                      'if [ "$ATEN_CPU_CAPABILITY" = default ]; then echo "pass two ran: $*"; exit %d; fi\n'
+                      'echo "pass one ran: $*"; exit %d\n' % (second, first))
+    script.chmod(0o755)
+    stamp = tmp_path / "stamp"
+    stamp.touch()
+    proc = subprocess.run(["make", "-s", "test", f"BIN={fake}", f"STAMP={stamp}",
+                           f"OTHER_CPU_LOG={tmp_path / 'other.log'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "pass one ran: -m pytest tests solutions --nbval" in proc.stdout
+    assert "pass two ran: -m pytest tests/test_cpu_settings.py" in proc.stdout
+    assert (proc.returncode == 0) == (first == 0 and second == 0), proc.stdout + proc.stderr
 
 
 def test_ci_runs_the_readme_test_command():
