@@ -55,7 +55,9 @@ def test_student_notebooks_match_a_fresh_release(course, aid):
 def test_student_notebooks_hide_solutions_and_hidden_tests():
     for aid in AIDS:
         text = (ROOT / "notebooks" / aid / f"{aid}.ipynb").read_text()
-        for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "reference_disabled("):
+        # (visible tests may run the student's code under `reference_disabled(...)`: each prompt says which
+        # course_lib functions are disabled while grading, so the student sees the graded condition)
+        for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
             assert marker not in text, f"{aid}: student notebook contains {marker!r}"
         nb = nbformat.reads(text, as_version=4)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
