@@ -208,12 +208,14 @@ _NOT_NAMES = {"four", "five", "nine", "ten", "then", "than", "that", "this", "th
               "dry", "try", "fly", "cry", "sky", "bin", "din", "fin", "pin", "sin", "tin", "win"}
 
 
-def _unique_names(rng: Rng, count: int, make) -> list[str]:
+def _unique_names(rng: Rng, count: int, make, seen: set[str] | None = None, lengths=(3, 11)) -> list[str]:
+    """``count`` distinct capitalised names from ``make(rng)``, none in ``seen`` (default: the words
+    that are not names) and of a length within ``lengths``; ``seen`` is extended with them."""
     names: list[str] = []
-    seen: set[str] = set(_NOT_NAMES)
+    seen = set(_NOT_NAMES) if seen is None else seen
     while len(names) < count:
         name = make(rng).capitalize()
-        if name.lower() not in seen and 3 <= len(name) <= 11:
+        if name.lower() not in seen and lengths[0] <= len(name) <= lengths[1]:
             seen.add(name.lower())
             names.append(name)
     return names

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .corpus import _ANIMALS, _COLOURS, _FOODS, _ROLES, _TOWN_SUFFIXES, CHARACTERS, TOWNS, Rng, _a, _syllable
+from .corpus import (_ANIMALS, _COLOURS, _FOODS, _ROLES, _TOWN_SUFFIXES, CHARACTERS, TOWNS, Rng, _a, _syllable,
+                     _unique_names)
 
 N_NEW = 40
 N_NEW_TOWNS = 10
@@ -44,22 +45,12 @@ class NewCharacter:
     colour: str
 
 
-def _new_names(rng: Rng, count: int, make, taken: set[str]) -> list[str]:
-    names: list[str] = []
-    while len(names) < count:
-        name = make(rng).capitalize()
-        if name.lower() not in taken and 4 <= len(name) <= 9:
-            taken.add(name.lower())
-            names.append(name)
-    return names
-
-
 def _build_new_world() -> list[NewCharacter]:
     rng = Rng(0x5EED_2020)
     taken = {c.name.lower() for c in CHARACTERS} | {t.name.lower() for t in TOWNS}
     taken |= {"four", "five", "nine", "then", "than", "that", "this"}
-    towns = _new_names(rng, N_NEW_TOWNS, lambda r: _syllable(r) + r.choice(_TOWN_SUFFIXES), taken)
-    names = _new_names(rng, N_NEW, lambda r: _syllable(r) + _syllable(r), taken)
+    towns = _unique_names(rng, N_NEW_TOWNS, lambda r: _syllable(r) + r.choice(_TOWN_SUFFIXES), taken, (4, 9))
+    names = _unique_names(rng, N_NEW, lambda r: _syllable(r) + _syllable(r), taken, (4, 9))
     return [NewCharacter(n, rng.choice(_ROLES), rng.choice(towns), rng.choice(_ANIMALS)[0], rng.choice(_FOODS),
                          rng.choice(_COLOURS)) for n in names]
 

@@ -184,10 +184,12 @@ def test_wrong_answers_lose_points_and_right_ones_do_not(graded, aid):
     if aid not in plans:
         pytest.fail(f"tests/wrong_answers/{aid}.py is missing")
     _, _, cells = grading.scores(root, STUDENT, aid)
+    nb = nbformat.read(root / "solutions" / aid / f"{aid}.ipynb", as_version=4)
+    points_of = {_meta(c).get("grade_id"): float(_meta(c).get("points", 0)) for c in nb.cells}
     problems = []
     for label, must_pass, graded_ids, visible_ids, points in plans[aid]:
         got = sum(cells[g] for g in graded_ids)
-        visible_ok = all(cells[g] == float(_pts) for g, _pts in zip(visible_ids, _points(root, aid, visible_ids)))
+        visible_ok = all(cells[g] == points_of[g] for g in visible_ids)
         if must_pass and (got != points or not visible_ok):
             problems.append(f"{label}: {got:g}/{points:g} (visible tests {'pass' if visible_ok else 'fail'})")
         if not must_pass and (got >= points or visible_ok):
@@ -195,8 +197,3 @@ def test_wrong_answers_lose_points_and_right_ones_do_not(graded, aid):
                             f"{'pass: a trap with no visible test' if visible_ok else 'fail'}")
     assert not problems, f"{aid}:\n  " + "\n  ".join(problems)
 
-
-def _points(root: Path, aid: str, ids: list[str]) -> list[float]:
-    nb = nbformat.read(root / "solutions" / aid / f"{aid}.ipynb", as_version=4)
-    by_id = {_meta(c).get("grade_id"): float(_meta(c).get("points", 0)) for c in nb.cells}
-    return [by_id[i] for i in ids]
