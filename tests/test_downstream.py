@@ -42,3 +42,38 @@ def test_pretrained_model_does_not_know_the_facts():
     # a model fed the answers in its prompts would: the accuracy counts whole answers
     one = downstream.fact_accuracy(model, tok, prompts=[("Q: What does Maria do? A: Maria is a", " baker.")])
     assert set(one) == {"accuracy", "answer_nll", "answer_ppl"}
+
+
+def _load_script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_movement_downstream_script_runs_every_method_on_the_same_schedule():
+    """scripts/movement_downstream.py on a tiny budget: every method ends at the asked sparsity with
+    its own mask behaviour (random nested, magnitude never brings a weight back), and the result
+    does not depend on which worker ran it (the same run twice gives the same numbers)."""
+    script = _load_script("movement_downstream")
+    cfg = dict(script.CONFIG, steps=6, eval_every=3, n_train_docs=40, ppl_tokens=256)
+    from course_lib import load_course_model
+    from course_lib.model import prunable_linears
+    from course_lib.pruning.common import n_to_remove
+
+    expected = sum(n_to_remove(m.weight.numel(), 0.9) for m in prunable_linears(load_course_model()[0]).values())
+    runs = {m: script.run_one(m, 0.9, cfg) for m in ("movement", "gradual magnitude", "random")}
+    for method, r in runs.items():
+        assert len(r["losses"]) == 6 and r["curve"][-1]["step"] == 6, method
+        assert r["n_pruned"] == expected, method  # exactly round(0.9 * numel) of every linear
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["answer_nll"] > 0
+    assert runs["gradual magnitude"]["kept_at_end_but_pruned_at_some_step"] == 0
+    assert runs["random"]["flips_back_per_step_total"] == 0
+    again = script.run_one("movement", 0.9, cfg)
+    assert again["losses"] == runs["movement"]["losses"] and again["answer_nll"] == runs["movement"]["answer_nll"]
+    other_seed = script.run_one("movement", 0.9, dict(cfg, seed=1, data_seed=1))
+    assert other_seed["losses"] != runs["movement"]["losses"]
