@@ -330,22 +330,61 @@ def test_benchmark_sparsity_quick(tmp_path):
 
 def test_structured_flops_match_flop_counter():
     """block_flops (the script's analytic count) == torch's FlopCounterMode on a block
-    whose attention is the eager matmul version (so the attention FLOPs are counted too)."""
+    whose attention is the eager matmul version (so the attention FLOPs are counted too),
+    for an MHA block and for a GQA block (k/v_proj counted with the KV heads)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     st_ = _load_script("benchmark_structured")
-    hidden, heads, head_dim, inter, tokens = 256, 3, 32, 352, 10
-    cfg = st_.block_config(hidden, heads, head_dim, inter)
-    cfg._attn_implementation = "eager"
-    block = st_.build_block(cfg, st_.sliced_state(st_.random_state(hidden, 8, head_dim, 704), head_dim, heads, inter),
-                            "cpu", torch.float32)
-    assert block.self_attn.q_proj.weight.shape == (heads * head_dim, hidden)
-    assert block.self_attn.o_proj.weight.shape == (hidden, heads * head_dim)
-    assert block.mlp.down_proj.weight.shape == (hidden, inter)
-    x = torch.randn(1, tokens, hidden)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        block(x, position_embeddings=st_.rope(cfg, tokens, "cpu", torch.float32))
-    assert counter.get_total_flops() == st_.block_flops(tokens, hidden, heads, head_dim, inter)
+    hidden, head_dim, inter, tokens = 256, 32, 352, 10
+    for heads, kv_heads, dense_kv in ((3, None, None), (6, 2, 2)):
+        cfg = st_.block_config(hidden, heads, head_dim, inter, kv_heads)
+        cfg._attn_implementation = "eager"
+        dense = st_.random_state(hidden, 8, head_dim, 704, kv_heads=dense_kv)
+        block = st_.build_block(cfg, st_.sliced_state(dense, head_dim, heads, inter, kv_heads), "cpu", torch.float32)
+        kv = heads if kv_heads is None else kv_heads
+        assert block.self_attn.q_proj.weight.shape == (heads * head_dim, hidden)
+        assert block.self_attn.k_proj.weight.shape == block.self_attn.v_proj.weight.shape == (kv * head_dim, hidden)
+        assert block.self_attn.o_proj.weight.shape == (hidden, heads * head_dim)
+        assert block.mlp.down_proj.weight.shape == (hidden, inter)
+        x = torch.randn(1, tokens, hidden)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            block(x, position_embeddings=st_.rope(cfg, tokens, "cpu", torch.float32))
+        assert counter.get_total_flops() == st_.block_flops(tokens, hidden, heads, head_dim, inter, kv_heads)
+    # the formula itself: q and o with the query heads, k and v with the KV heads
+    assert st_.block_flops(1, 4096, 32, 128, 11008, 8) == 2 * (4096 * (2 * 4096 + 2 * 1024) + 3 * 4096 * 11008) + 4 * 4096
+    assert st_.block_flops(5, 64, 4, 16, 100) == st_.block_flops(5, 64, 4, 16, 100, 4)
+
+
+def test_structured_gqa_kept_query_heads_keep_their_kv_heads():
+    """Removing the last query head of each KV group: the kept heads listed group by group
+    keep their KV heads in the pruned block (h' // 3 == h // 4), and the pruned block equals
+    the dense GQA block with the removed heads' o_proj columns zeroed. Slicing the first 24 of
+    32 query heads instead (the MHA recipe) gives the wrong KV heads and fails the check."""
+    st_ = _load_script("benchmark_structured")
+    assert st_.kept_query_heads(32, 8) == [h for h in range(32) if h % 4 != 3]
+    assert st_.kept_query_heads(8, 2) == [0, 1, 2, 4, 5, 6]
+    kept = st_.kept_query_heads(32, 8)
+    assert [h // 4 for h in kept] == [i // 3 for i in range(24)]  # same KV head before and after
+    hidden, heads, kv, d, inter, tokens = 128, 8, 2, 16, 96, 7
+    dense = st_.random_state(hidden, heads, d, inter, kv_heads=kv)
+    full_cfg = st_.block_config(hidden, heads, d, inter, kv)
+    ref_block = st_.build_block(full_cfg, st_.gated_state(dense, d, st_.kept_query_heads(heads, kv), inter),
+                                "cpu", torch.float32)
+    cfg = st_.block_config(hidden, 6, d, inter, kv)
+    x = torch.randn(1, tokens, hidden, generator=torch.Generator().manual_seed(0))
+    pe = st_.rope(cfg, tokens, "cpu", torch.float32)
+    with torch.no_grad():
+        ref = ref_block(x, position_embeddings=pe)
+        right = st_.build_block(cfg, st_.sliced_state(dense, d, st_.kept_query_heads(heads, kv), inter, kv),
+                                "cpu", torch.float32)(x, position_embeddings=pe)
+        wrong = st_.build_block(cfg, st_.sliced_state(dense, d, 6, inter, kv), "cpu", torch.float32)(
+            x, position_embeddings=pe)
+    sliced = st_.sliced_state(dense, d, st_.kept_query_heads(heads, kv), inter, kv)
+    assert torch.equal(sliced["self_attn.k_proj.weight"], dense["self_attn.k_proj.weight"])  # KV heads stay
+    assert sliced["self_attn.q_proj.weight"].shape == (6 * d, hidden)
+    assert sliced["self_attn.o_proj.weight"].shape == (hidden, 6 * d)
+    torch.testing.assert_close(right, ref, rtol=0, atol=1e-5)
+    assert (wrong - ref).abs().max() > 100 * (right - ref).abs().max() + 1e-4
 
 
 def test_benchmark_structured_quick(tmp_path):
@@ -354,27 +393,50 @@ def test_benchmark_structured_quick(tmp_path):
     result = st_.main(["--quick", "--out", str(out)])
     saved = json.loads(out.read_text())
     rows = {(r["variant"], r["tokens"]): r for r in saved["results"]}
-    assert set(rows) == {(v, t) for v in ("dense", "heads-25%", "ffn-50%") for t in (1, 16)}
+    names = ("dense", "heads-25%", "ffn-50%", "gqa-dense", "gqa-q-25%")
+    assert set(rows) == {(v, t) for v in names for t in (1, 16)}
+    baseline = {"dense": "dense", "heads-25%": "dense", "ffn-50%": "dense", "gqa-dense": "gqa-dense",
+                "gqa-q-25%": "gqa-dense"}
     h, d, i = 512, 128, 1376
+    gh, gkv, gd = 8, 2, 64
     v = getattr(torch, saved["settings"]["dtype"]).itemsize
     for t in (1, 16):
-        assert rows[("dense", t)]["speedup"] == 1.0
-        assert rows[("heads-25%", t)]["num_attention_heads"] == 3
+        for name in names:
+            assert rows[(name, t)]["baseline"] == baseline[name]
+            assert saved["settings"]["variants"][name]["baseline"] == baseline[name]
+        assert rows[("dense", t)]["speedup"] == rows[("gqa-dense", t)]["speedup"] == 1.0
+        assert rows[("heads-25%", t)]["num_attention_heads"] == rows[("heads-25%", t)]["num_key_value_heads"] == 3
         assert rows[("ffn-50%", t)]["intermediate_size"] == i // 2
+        assert (rows[("gqa-dense", t)]["num_attention_heads"], rows[("gqa-dense", t)]["num_key_value_heads"]) == (gh, gkv)
+        assert (rows[("gqa-q-25%", t)]["num_attention_heads"], rows[("gqa-q-25%", t)]["num_key_value_heads"]) == (6, gkv)
         dense = st_.block_flops(t, h, 4, d, i)
         assert rows[("heads-25%", t)]["flop_speedup"] == pytest.approx(dense / st_.block_flops(t, h, 3, d, i))
         assert rows[("ffn-50%", t)]["flop_speedup"] == pytest.approx(dense / st_.block_flops(t, h, 4, d, i // 2))
+        gqa = 2 * t * (h * (2 * gh * gd + 2 * gkv * gd) + 3 * h * i) + 4 * t * t * gh * gd
+        gqa_q = 2 * t * (h * (2 * 6 * gd + 2 * gkv * gd) + 3 * h * i) + 4 * t * t * 6 * gd
+        assert rows[("gqa-dense", t)]["flops"] == gqa and rows[("gqa-q-25%", t)]["flops"] == gqa_q
+        assert rows[("gqa-q-25%", t)]["flop_speedup"] == pytest.approx(gqa / gqa_q)
+        assert rows[("gqa-q-25%", t)]["flop_ratio"] == pytest.approx(gqa_q / gqa)
         norms = 2 * h
         assert rows[("ffn-50%", t)]["param_bytes"] == (4 * h * 4 * d + 3 * h * i // 2 + norms) * v
-        for variant in ("dense", "heads-25%", "ffn-50%"):
+        assert rows[("gqa-q-25%", t)]["param_bytes"] == (h * (2 * 6 * gd + 2 * gkv * gd) + 3 * h * i + norms) * v
+        assert rows[("gqa-q-25%", t)]["param_ratio"] == pytest.approx(
+            rows[("gqa-q-25%", t)]["param_bytes"] / rows[("gqa-dense", t)]["param_bytes"])
+        for variant in names:
             r = rows[(variant, t)]
             assert r["median_ms"] > 0 and r["peak_memory_bytes"] >= t * h * v
             assert r["speedup_vs_flops"] == pytest.approx(r["speedup"] / r["flop_speedup"])
+            assert r["speedup"] == pytest.approx(rows[(r["baseline"], t)]["median_ms"] / r["median_ms"])
     checks = saved["equivalence_checks"]
-    assert len(checks) == 4 and all(c["ok"] for c in checks)
+    assert len(checks) == 6 and all(c["ok"] for c in checks)
+    assert {(c["variant"], c["baseline"]) for c in checks} == {("heads-25%", "dense"), ("ffn-50%", "dense"),
+                                                               ("gqa-q-25%", "gqa-dense")}
     if v == 4:
         assert all(c["max_rel_err"] < 1e-5 for c in checks)
     assert result["settings"]["dims"] == {"hidden": h, "heads": 4, "head_dim": d, "intermediate": i}
+    assert result["settings"]["gqa_dims"] == {"hidden": h, "heads": gh, "kv_heads": gkv, "head_dim": gd,
+                                              "intermediate": i}
+    assert saved["settings"]["variants"]["gqa-q-25%"]["kept_query_heads"] == [0, 1, 2, 4, 5, 6]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="cpu_busy_fraction reads /proc/stat (Linux only)")
