@@ -475,3 +475,21 @@ def test_busy_warning_records_the_measurement(monkeypatch):
 def test_cpu_busy_fraction_rejects_bad_interval(bad):
     with pytest.raises(ValueError, match="interval_s"):
         cpu_busy_fraction(bad)
+
+
+def test_csr_token_scaling_probe_computes_the_same_product_every_way():
+    """scripts/csr_token_scaling.py: every op (dense, CSR mm with int64 and int32 indices, CSR mv) is
+    timed on the same pruned weight and agrees with the dense product; the CSR weight has the asked
+    sparsity and index width."""
+    probe = _load_script("csr_token_scaling")
+    w, csr32 = probe.csr_weight(64, 96, 0.9, index_dtype=torch.int32)
+    assert csr32.col_indices().dtype == torch.int32 and csr32.crow_indices().dtype == torch.int32
+    assert int((w != 0).sum()) == csr32.values().numel() == 64 * 96 - round(0.9 * 64 * 96)
+    rows = probe.measure(shape=(64, 96), tokens=[1, 3], threads=[1], warmup=0, reps=2, log=lambda *_: None)
+    ops = {(r["op"], r["tokens"]) for r in rows}
+    assert ops == {(op, t) for op in ("dense F.linear", "csr mm, int64 indices", "csr mm, int32 indices")
+                   for t in (1, 3)} | {("csr mv, int64 indices", 1)}
+    for r in rows:
+        assert r["median_ms"] > 0
+        if r["op"] != "dense F.linear":  # the dense row multiplies the unpruned weight, its own reference
+            assert r["rel_err"] < 1e-5, r
