@@ -59,3 +59,19 @@ def tiny_model(kind: str = "gqa", seed: int = 0, **overrides):
 @pytest.fixture
 def tiny_models():
     return {k: tiny_model(k) for k in ("mha", "gqa", "mistral", "qwen2")}
+
+
+@pytest.fixture
+def load_script():
+    """``load_script("name")`` imports ``scripts/name.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

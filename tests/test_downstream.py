@@ -44,22 +44,11 @@ def test_pretrained_model_does_not_know_the_facts():
     assert set(one) == {"accuracy", "answer_nll", "answer_ppl"}
 
 
-def _load_script(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_movement_downstream_script_runs_every_method_on_the_same_schedule():
+def test_movement_downstream_script_runs_every_method_on_the_same_schedule(load_script):
     """scripts/movement_downstream.py on a tiny budget: every method ends at the asked sparsity with
     its own mask behaviour (random nested, magnitude never brings a weight back), and the result
     does not depend on which worker ran it (the same run twice gives the same numbers)."""
-    script = _load_script("movement_downstream")
+    script = load_script("movement_downstream")
     cfg = dict(script.CONFIG, steps=6, eval_every=3, n_train_docs=40, ppl_tokens=256)
     from course_lib import load_course_model
     from course_lib.model import prunable_linears

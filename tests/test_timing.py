@@ -242,19 +242,8 @@ def test_cuda_peak_memory_known_allocation():
 
 # ---------------------------------------------------------------------------- the benchmark scripts (--quick)
 
-def _load_script(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_csr_break_even_interpolates_log_speedup():
-    bs = _load_script("benchmark_sparsity")
+def test_csr_break_even_interpolates_log_speedup(load_script):
+    bs = load_script("benchmark_sparsity")
     rows = [{"kind": "linear", "shape": "s", "dtype": "float32", "tokens": 1, "backend": f"csr-{p}%",
              "sparsity": p / 100, "speedup": v} for p, v in ((50, 0.5), (70, 0.8), (90, 2.0))]
     rows.append({**rows[0], "backend": "dense", "sparsity": 0.0, "speedup": 1.0})
@@ -265,8 +254,8 @@ def test_csr_break_even_interpolates_log_speedup():
     assert bs.csr_break_even(slower)[0]["break_even_sparsity"] is None
 
 
-def test_sparsity_helpers():
-    bs = _load_script("benchmark_sparsity")
+def test_sparsity_helpers(load_script):
+    bs = load_script("benchmark_sparsity")
     w = torch.randn(64, 128)
     mask = bs.unstructured_mask(w, 0.7)
     assert mask.dtype == torch.bool and int(mask.sum()) == round(0.3 * w.numel())
@@ -278,8 +267,8 @@ def test_sparsity_helpers():
     assert all(bs.semi_structured_unavailable(torch.device("cpu")).values())
 
 
-def test_benchmark_sparsity_quick(tmp_path):
-    bs = _load_script("benchmark_sparsity")
+def test_benchmark_sparsity_quick(tmp_path, load_script):
+    bs = load_script("benchmark_sparsity")
     out = tmp_path / "bench.json"
     result = bs.main(["--quick", "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -328,13 +317,13 @@ def test_benchmark_sparsity_quick(tmp_path):
     plt.close("all")
 
 
-def test_structured_flops_match_flop_counter():
+def test_structured_flops_match_flop_counter(load_script):
     """block_flops (the script's analytic count) == torch's FlopCounterMode on a block
     whose attention is the eager matmul version (so the attention FLOPs are counted too),
     for an MHA block and for a GQA block (k/v_proj counted with the KV heads)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    st_ = _load_script("benchmark_structured")
+    st_ = load_script("benchmark_structured")
     hidden, head_dim, inter, tokens = 256, 32, 352, 10
     for heads, kv_heads, dense_kv in ((3, None, None), (6, 2, 2)):
         cfg = st_.block_config(hidden, heads, head_dim, inter, kv_heads)
@@ -355,12 +344,12 @@ def test_structured_flops_match_flop_counter():
     assert st_.block_flops(5, 64, 4, 16, 100) == st_.block_flops(5, 64, 4, 16, 100, 4)
 
 
-def test_structured_gqa_kept_query_heads_keep_their_kv_heads():
+def test_structured_gqa_kept_query_heads_keep_their_kv_heads(load_script):
     """Removing the last query head of each KV group: the kept heads listed group by group
     keep their KV heads in the pruned block (h' // 3 == h // 4), and the pruned block equals
     the dense GQA block with the removed heads' o_proj columns zeroed. Slicing the first 24 of
     32 query heads instead (the MHA recipe) gives the wrong KV heads and fails the check."""
-    st_ = _load_script("benchmark_structured")
+    st_ = load_script("benchmark_structured")
     assert st_.kept_query_heads(32, 8) == [h for h in range(32) if h % 4 != 3]
     assert st_.kept_query_heads(8, 2) == [0, 1, 2, 4, 5, 6]
     kept = st_.kept_query_heads(32, 8)
@@ -387,8 +376,8 @@ def test_structured_gqa_kept_query_heads_keep_their_kv_heads():
     assert (wrong - ref).abs().max() > 100 * (right - ref).abs().max() + 1e-4
 
 
-def test_benchmark_structured_quick(tmp_path):
-    st_ = _load_script("benchmark_structured")
+def test_benchmark_structured_quick(tmp_path, load_script):
+    st_ = load_script("benchmark_structured")
     out = tmp_path / "structured.json"
     result = st_.main(["--quick", "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -477,11 +466,11 @@ def test_cpu_busy_fraction_rejects_bad_interval(bad):
         cpu_busy_fraction(bad)
 
 
-def test_csr_token_scaling_probe_computes_the_same_product_every_way():
+def test_csr_token_scaling_probe_computes_the_same_product_every_way(load_script):
     """scripts/csr_token_scaling.py: every op (dense, CSR mm with int64 and int32 indices, CSR mv) is
     timed on the same pruned weight and agrees with the dense product; the CSR weight has the asked
     sparsity and index width."""
-    probe = _load_script("csr_token_scaling")
+    probe = load_script("csr_token_scaling")
     w, csr32 = probe.csr_weight(64, 96, 0.9, index_dtype=torch.int32)
     assert csr32.col_indices().dtype == torch.int32 and csr32.crow_indices().dtype == torch.int32
     assert int((w != 0).sum()) == csr32.values().numel() == 64 * 96 - round(0.9 * 64 * 96)
