@@ -18,8 +18,11 @@ fact accuracy and answer-token NLL on the facts, the course eval perplexity (fir
 what the old task kept), the per-step training loss, and the mask flips (weights pruned at one
 step and kept at the next; weights kept at the end that were pruned at some step).
 
-    python scripts/movement_downstream.py --steps 480     # -> data/results/movement_downstream_480.json
-    python scripts/movement_downstream.py --steps 480 --seed 1 --sparsities 0.98   # -> ..._480_seed1.json
+    # the committed files (03 reads them): one per budget
+    python scripts/movement_downstream.py --steps 120 --jobs 2   # -> data/results/movement_downstream_120.json
+    python scripts/movement_downstream.py --steps 240 --jobs 2   # -> ..._240.json (committed: 70-95 %, then 98 99)
+    python scripts/movement_downstream.py --steps 480 --jobs 2 --sparsities 0.9 0.95 0.98 0.99   # -> ..._480.json
+    python scripts/movement_downstream.py --steps 480 --seed 1 --sparsities 0.98   # another seed -> ..._480_seed1.json
     python scripts/movement_downstream.py --quick --out /tmp/x.json   # smoke run
 
 Seeded; one thread per run (``--jobs 2`` runs two at once, the results do not change). Another CPU
