@@ -181,10 +181,10 @@ def gated_state(dense: dict, head_dim: int, heads, intermediate: int) -> dict:
     """The dense block with the removed query heads / channels silenced by zeroing their
     ``o_proj`` / ``down_proj`` input columns: the function a removal must preserve.
     ``heads``: the kept query heads (an int: the first ``heads``; or a list)."""
-    kept = list(range(heads)) if isinstance(heads, int) else list(heads)
+    kept = set(range(heads)) if isinstance(heads, int) else set(heads)
     out = dict(dense)
     o = dense["self_attn.o_proj.weight"].clone()
-    removed = [h for h in range(o.shape[1] // head_dim) if h not in set(kept)]
+    removed = [h for h in range(o.shape[1] // head_dim) if h not in kept]
     if removed:
         o[:, _head_rows(removed, head_dim)] = 0
     down = dense["mlp.down_proj.weight"].clone()

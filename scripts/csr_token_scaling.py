@@ -38,6 +38,7 @@ from course_lib.timing import benchmark, device_slug, environment  # noqa: E402
 
 TOKENS = [1, 2, 4, 8, 16, 32, 64]
 THREADS = [1, 2]
+WARMUP, REPS = 2, 15
 
 
 def csr_weight(out_features: int, in_features: int, sparsity: float, index_dtype=torch.int64, seed: int = 0):
@@ -53,7 +54,7 @@ def csr_weight(out_features: int, in_features: int, sparsity: float, index_dtype
     return w, csr
 
 
-def measure(shape=(4096, 4096), sparsity=0.9, tokens=TOKENS, threads=THREADS, warmup=2, reps=15, log=print):
+def measure(shape=(4096, 4096), sparsity=0.9, tokens=TOKENS, threads=THREADS, warmup=WARMUP, reps=REPS, log=print):
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     torch.manual_seed(0)
     dense_full = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
@@ -95,7 +96,7 @@ def main():
         rows = measure()
     result = {"script": "scripts/csr_token_scaling.py", "environment": env,
               "settings": {"shape": [4096, 4096], "sparsity": 0.9, "dtype": "float32", "tokens": TOKENS,
-                           "threads": THREADS, "warmup": 2, "reps": 15, "timer": "course_lib.timing.benchmark (median)"}
+                           "threads": THREADS, "warmup": WARMUP, "reps": REPS, "timer": "course_lib.timing.benchmark (median)"}
               if not args.quick else {"quick": True},
               "results": rows, "wall_seconds": time.perf_counter() - t0}
     out = args.out or (None if args.quick else str(ROOT / "data/benchmarks" / f"csr-token-scaling-{device_slug(torch.device('cpu'))}.json"))
